@@ -1,0 +1,112 @@
+"""MOBIUS bottleneck pixel decoder (Sec. 3.2, Eq. 1a-1e).
+
+One feature scale B = S_i (stride 8, 16 or 32; 16 in the paper) is the representational bottleneck.
+Each of the M blocks fuses text and all scales *into* B, so every attention runs at the bottleneck's
+length |B| instead of the length of all scales concatenated:
+
+    1a  B   = GN(CA(B, E_text) + B)                   image-to-text cross-attention
+    1b  E   = LN(CA(E_text, B) + E_text)              text-to-image (updates the text tokens)
+    1c  B   = GN(DeformSA(B) + B)                     deformable self-attention within B
+    1d  B   = GN(MSDeformCA(B, {S3,S4,S5,S6}) + B)    multi-scale deformable cross-attention
+    1e  B^  = GN(FFN(B) + B)
+
+The paper's Eq. 1b writes the residual onto B; as the text says, 1b updates the text tokens.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .deform_attn import MSDeformAttn
+from .layers import (FFN, MultiHeadAttention, TokenGroupNorm, level_position_embeddings, reference_grid,
+                     sine_position_embedding)
+from .pixel_decoder_common import MaskFeatureHead, PixelDecoderOutput, TextContext, token_anchors
+
+_STRIDE_TO_LEVEL = {8: 0, 16: 1, 32: 2}  # index into [S3, S4, S5, S6]
+_GN_GROUPS = 32
+
+
+class BottleneckBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, text_fusion: bool):
+        super().__init__()
+        self.text_fusion = text_fusion
+        groups = min(_GN_GROUPS, dim)
+        if text_fusion:
+            self.image_to_text = MultiHeadAttention(dim, heads)
+            self.norm_image_text = TokenGroupNorm(groups, dim)
+            self.text_to_image = MultiHeadAttention(dim, heads)
+            self.norm_text = nn.LayerNorm(dim)
+        self.self_attn = MSDeformAttn(dim, levels=1, heads=heads, points=points)
+        self.norm_self = TokenGroupNorm(groups, dim)
+        self.cross_attn = MSDeformAttn(dim, levels=4, heads=heads, points=points)
+        self.norm_cross = TokenGroupNorm(groups, dim)
+        self.ffn = FFN(dim, ffn_dim)
+        self.norm_ffn = TokenGroupNorm(groups, dim)
+
+    def forward(self, bottleneck: Tensor, pos: Tensor, text: TextContext, bottleneck_shape: tuple[int, int],
+                levels: Tensor, level_shapes: list[tuple[int, int]], ref_points: Tensor) -> tuple[Tensor, Tensor]:
+        """
+        bottleneck: (B, N, C) tokens of B; pos: (N, C); text.tokens: (B, T, C);
+        levels: (B, S, C) flattened {S3..S6}; ref_points: (N, 2) xy in [0, 1].
+        Returns the enhanced bottleneck (B, N, C) and updated text tokens (B, T, C).
+        """
+        tokens = text.tokens
+        if self.text_fusion:
+            fused = self.image_to_text(bottleneck + pos, tokens, tokens, key_padding_mask=text.padding)
+            fused = self.norm_image_text(bottleneck + fused)                       # Eq. 1a
+            tokens = self.norm_text(tokens + self.text_to_image(tokens, bottleneck + pos, bottleneck))  # 1b
+            bottleneck = fused
+        batch = bottleneck.shape[0]
+        ref = ref_points[None, :, None, :].expand(batch, -1, 1, -1)                # (B, N, 1, 2)
+        attended = self.self_attn(bottleneck + pos, ref, bottleneck, [bottleneck_shape])
+        bottleneck = self.norm_self(bottleneck + attended)                          # Eq. 1c
+        ref_levels = ref_points[None, :, None, :].expand(batch, -1, len(level_shapes), -1)  # (B, N, 4, 2)
+        attended = self.cross_attn(bottleneck + pos, ref_levels, levels, level_shapes)
+        bottleneck = self.norm_cross(bottleneck + attended)                         # Eq. 1d
+        bottleneck = self.norm_ffn(bottleneck + self.ffn(bottleneck))               # Eq. 1e
+        return bottleneck, tokens
+
+
+class BottleneckPixelDecoder(nn.Module):
+    """M bottleneck blocks on the stride-`bottleneck_stride` scale; optional multi-scale memory."""
+
+    def __init__(self, dim: int, num_blocks: int, heads: int, points: int, ffn_dim: int,
+                 bottleneck_stride: int = 16, text_fusion: bool = True, multi_scale_memory: bool = False):
+        super().__init__()
+        if bottleneck_stride not in _STRIDE_TO_LEVEL:
+            raise ValueError(f"bottleneck_stride={bottleneck_stride}; choose one of {sorted(_STRIDE_TO_LEVEL)}")
+        self.dim = dim
+        self.stride = bottleneck_stride
+        self.bottleneck_level = _STRIDE_TO_LEVEL[bottleneck_stride]
+        self.multi_scale_memory = multi_scale_memory
+        self.level_embed = nn.Parameter(torch.randn(4, dim) * 0.02)
+        self.blocks = nn.ModuleList(BottleneckBlock(dim, heads, points, ffn_dim, text_fusion)
+                                    for _ in range(num_blocks))
+        self.mask_head = MaskFeatureHead(dim, upsample=bottleneck_stride // 4)
+
+    def forward(self, s2: Tensor, pyramid: list[Tensor], text: TextContext) -> PixelDecoderOutput:
+        """s2: (B,C,H/4,W/4); pyramid: [S3,S4,S5,S6] each (B,C,h,w); text tokens (B,T,C)."""
+        batch, dim, height, width = pyramid[self.bottleneck_level].shape
+        levels = torch.cat([f.flatten(2).transpose(1, 2) for f in pyramid], dim=1)   # (B, S, C)
+        level_shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in pyramid]
+        # Values carry their level embedding so the cross-attention can tell scales apart.
+        levels = levels + level_position_embeddings(level_shapes, dim, self.level_embed,
+                                                    levels.device, levels.dtype)
+        pos = sine_position_embedding(height, width, dim, levels.device, levels.dtype)
+        pos = pos + self.level_embed[self.bottleneck_level]
+        ref_points = reference_grid([(height, width)], levels.device, levels.dtype)
+        bottleneck = pyramid[self.bottleneck_level].flatten(2).transpose(1, 2)        # (B, N, C)
+        for block in self.blocks:
+            bottleneck, tokens = block(bottleneck, pos, text, (height, width), levels, level_shapes, ref_points)
+            text = TextContext(tokens, text.padding)
+        enhanced = bottleneck.transpose(1, 2).reshape(batch, dim, height, width)      # B^
+        memory = [enhanced]
+        if self.multi_scale_memory:
+            memory = [enhanced if i == self.bottleneck_level else f for i, f in enumerate(pyramid)]
+        return PixelDecoderOutput(
+            memory=memory,
+            selection_tokens=bottleneck,
+            selection_anchors=token_anchors([(height, width)], [self.stride], levels.device, levels.dtype),
+            mask_features=self.mask_head(enhanced, s2),
+            text=text,
+        )
