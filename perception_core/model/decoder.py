@@ -16,14 +16,16 @@ from torch import Tensor, nn
 from .box_ops import inverse_sigmoid
 from .deform_attn import MSDeformAttn
 from .layers import FFN, MLP, MultiHeadAttention, box_position_embedding
-from .pruning import select_kept, thresholds
+from .pruning import query_confidence, select_kept, thresholds
 from .query_selection import ScaledCosineClassifier
 
 
 @dataclass(frozen=True)
 class PruneSettings:
-    taus: tuple[float, ...]   # threshold after each layer
-    min_kept: int
+    """Thresholds after each layer and the minimum kept count: python numbers, or tensors ((L,) and
+    ()) when they are inputs of an exported graph so they can be tuned without re-export."""
+    taus: tuple[float, ...] | Tensor
+    min_kept: int | Tensor
 
     @staticmethod
     def from_config(cfg, num_layers: int) -> "PruneSettings":
@@ -106,7 +108,7 @@ class TransformerDecoder(nn.Module):
             out["masks"].append(masks)
             ref = new_ref.detach()
             if prune is not None and index < last:
-                keep = select_kept(logits.sigmoid().amax(dim=-1), prune.taus[index], prune.min_kept)
+                keep = select_kept(query_confidence(logits), prune.taus[index], prune.min_kept)
                 tgt, ref, kept = tgt[:, keep], ref[:, keep], kept[keep]
         out["hidden"] = tgt
         out["kept_indices"] = kept

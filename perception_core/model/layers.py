@@ -108,7 +108,7 @@ def conv_norm(in_channels: int, out_channels: int, kernel: int = 1, stride: int 
 
 class MultiHeadAttention(nn.Module):
     """Softmax attention with separate query/key/value inputs (used for the image-text fusion of
-    Eq. 1a-1b and decoder self-attention). Exports to ONNX through scaled_dot_product_attention."""
+    Eq. 1a-1b and decoder self-attention)."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -142,5 +142,10 @@ class MultiHeadAttention(nn.Module):
         if attn_mask is not None:
             extra = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(attn_mask, float("-inf"))
             mask = extra if mask is None else mask + extra
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # Written out rather than F.scaled_dot_product_attention: SDPA guards on the query count,
+        # which breaks export when pruning leaves zero queries.
+        scores = torch.matmul(q, k.transpose(-2, -1)) * head_dim ** -0.5     # (B, heads, Nq, Nk)
+        if mask is not None:
+            scores = scores + mask
+        out = torch.matmul(scores.softmax(dim=-1), v)                       # (B, heads, Nq, C/heads)
         return self.out_proj(out.transpose(1, 2).reshape(batch, n_query, dim))

@@ -42,7 +42,7 @@ class Mobius(nn.Module):
 
     def forward(self, images: Tensor, text_tokens: Tensor, text_mask: Tensor, text_pooled: Tensor,
                 prefix_queries: Tensor | None = None, prefix_boxes: Tensor | None = None,
-                attn_mask: Tensor | None = None) -> dict:
+                attn_mask: Tensor | None = None, prune: PruneSettings | None = None) -> dict:
         """
         Args:
             images: (B, 3, H, W) float, normalized; H and W multiples of 32 work best.
@@ -51,6 +51,7 @@ class Mobius(nn.Module):
             prefix_queries / prefix_boxes: (B, Np, C) / (B, Np, 4) extra queries placed before the
                 selected ones: refined queries of tracks from the previous frame, or denoising queries.
             attn_mask: (Np+K, Np+K) bool self-attention mask, True = blocked (denoising groups).
+            prune: overrides the configured pruning (eval mode only).
         Returns dict:
             pred_logits (B, N, P) raw logits (confidence = sigmoid), pred_boxes (B, N, 4) cxcywh in
             [0, 1] of the padded input, pred_masks (B, N, H/4, W/4) logits, query_embed (B, N, C)
@@ -69,7 +70,10 @@ class Mobius(nn.Module):
             num_prefix = prefix_queries.shape[1]
             queries = torch.cat([prefix_queries, queries], dim=1)
             boxes = torch.cat([prefix_boxes, boxes], dim=1)
-        prune = None if self.training or attn_mask is not None else self.prune
+        if self.training or attn_mask is not None:
+            prune = None
+        elif prune is None:
+            prune = self.prune
         decoded = self.decoder(queries, boxes, pixels.memory, pixels.mask_features, prompts, attn_mask,
                                prune=prune, all_layer_masks=not self.deployed)
         out = {

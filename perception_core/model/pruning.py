@@ -39,7 +39,14 @@ def thresholds(num_layers: int, schedule: str, b_low: float, b_high: float, beta
     return [threshold(l, num_layers, schedule, b_low, b_high, beta, alpha) for l in range(num_layers)]
 
 
-def select_kept(confidence: Tensor, tau: float, min_kept: int) -> Tensor:
+def query_confidence(logits: Tensor) -> Tensor:
+    """Calibrated confidence max_j sigmoid(logit_j): (B, N, P) -> (B, N).
+
+    Uses topk rather than amax: onnxruntime's ReduceMax returns the wrong shape when N is 0."""
+    return logits.sigmoid().topk(1, dim=-1).values[..., 0]
+
+
+def select_kept(confidence: Tensor, tau: float | Tensor, min_kept: int | Tensor) -> Tensor:
     """Indices (N',) of queries to keep, shared by the batch.
 
     confidence: (B, N) calibrated confidence per query. A query is kept if, in any image of the batch,
@@ -49,9 +56,12 @@ def select_kept(confidence: Tensor, tau: float, min_kept: int) -> Tensor:
     `nonzero`, and may be empty when min_kept == 0.
     """
     keep = confidence >= tau
-    if min_kept > 0:
+    if isinstance(min_kept, Tensor) or min_kept > 0:
         # rank of each query within its image (0 = most confident); argsort twice works for any N,
         # including N < min_kept, without a data-dependent topk size.
         rank = torch.argsort(torch.argsort(confidence, dim=1, descending=True), dim=1)
         keep = keep | (rank < min_kept)
-    return keep.any(dim=0).nonzero().squeeze(1)
+    # keep.any(dim=0) written as a matmul: onnxruntime's reductions return the wrong rank when the
+    # query axis is empty (every query pruned), a matmul with an empty axis does not.
+    votes = torch.matmul(torch.ones(1, keep.shape[0], dtype=torch.float32, device=keep.device), keep.float())
+    return (votes[0] > 0).nonzero().squeeze(1)

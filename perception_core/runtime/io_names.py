@@ -1,0 +1,15 @@
+"""ONNX graph input and output names, defined once and shared by the exporter and the runtime."""
+
+# images (1, 3, H, W) float32 normalized; text_tokens (P, T, 384) float32; text_mask (P, T) bool
+# (True = real token); text_pooled (P, 384) float32; track_queries (1, Nt, C) float32 and
+# track_boxes (1, Nt, 4) cxcywh in [0, 1]: refined queries carried over from the previous frame
+# (Nt may be 0).
+# prune_thresholds (L,) float32: tau(l) after each decoder layer (a value > 1 drops everything that
+# min_kept does not protect; 0 disables pruning); prune_min_kept () int64.
+INPUT_NAMES = ("images", "text_tokens", "text_mask", "text_pooled", "track_queries", "track_boxes",
+               "prune_thresholds", "prune_min_kept")
+
+# pred_logits (1, N, P); pred_boxes (1, N, 4) cxcywh in [0, 1] of the network input; pred_masks
+# (1, N, H/4, W/4) logits; query_embed (1, N, C) refined queries; kept_indices (N,) int64 into
+# [track queries, selected queries]; kept_per_layer (L,) int64. N varies with pruning.
+OUTPUT_NAMES = ("pred_logits", "pred_boxes", "pred_masks", "query_embed", "kept_indices", "kept_per_layer")
