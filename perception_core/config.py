@@ -104,6 +104,8 @@ def validate_model_config(cfg: ModelConfig) -> None:
     for name, value in positive:
         if value <= 0:
             raise ConfigError(f"{name}={value} must be > 0")
+    if cfg.hidden_dim % 4:
+        raise ConfigError(f"hidden_dim={cfg.hidden_dim} must be a multiple of 4 (sine position embeddings)")
     for section in (cfg.pixel_decoder, cfg.decoder):
         if cfg.hidden_dim % section.heads:
             raise ConfigError(f"hidden_dim={cfg.hidden_dim} must be divisible by heads={section.heads}")

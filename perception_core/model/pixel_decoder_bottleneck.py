@@ -27,13 +27,15 @@ _GN_GROUPS = 32
 
 
 class BottleneckBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, text_fusion: bool):
+    def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, text_fusion: bool, update_text: bool):
         super().__init__()
         self.text_fusion = text_fusion
+        self.update_text = text_fusion and update_text
         groups = min(_GN_GROUPS, dim)
         if text_fusion:
             self.image_to_text = MultiHeadAttention(dim, heads)
             self.norm_image_text = TokenGroupNorm(groups, dim)
+        if self.update_text:
             self.text_to_image = MultiHeadAttention(dim, heads)
             self.norm_text = nn.LayerNorm(dim)
         self.self_attn = MSDeformAttn(dim, levels=1, heads=heads, points=points)
@@ -54,7 +56,8 @@ class BottleneckBlock(nn.Module):
         if self.text_fusion:
             fused = self.image_to_text(bottleneck + pos, tokens, tokens, key_padding_mask=text.padding)
             fused = self.norm_image_text(bottleneck + fused)                       # Eq. 1a
-            tokens = self.norm_text(tokens + self.text_to_image(tokens, bottleneck + pos, bottleneck))  # 1b
+            if self.update_text:                                                   # Eq. 1b
+                tokens = self.norm_text(tokens + self.text_to_image(tokens, bottleneck + pos, bottleneck))
             bottleneck = fused
         batch = bottleneck.shape[0]
         ref = ref_points[None, :, None, :].expand(batch, -1, 1, -1)                # (B, N, 1, 2)
@@ -80,8 +83,9 @@ class BottleneckPixelDecoder(nn.Module):
         self.bottleneck_level = _STRIDE_TO_LEVEL[bottleneck_stride]
         self.multi_scale_memory = multi_scale_memory
         self.level_embed = nn.Parameter(torch.randn(4, dim) * 0.02)
-        self.blocks = nn.ModuleList(BottleneckBlock(dim, heads, points, ffn_dim, text_fusion)
-                                    for _ in range(num_blocks))
+        # The text tokens updated by the last block's Eq. 1b would never be read: it skips 1b.
+        self.blocks = nn.ModuleList(BottleneckBlock(dim, heads, points, ffn_dim, text_fusion,
+                                                    update_text=i < num_blocks - 1) for i in range(num_blocks))
         self.mask_head = MaskFeatureHead(dim, upsample=bottleneck_stride // 4)
 
     def forward(self, s2: Tensor, pyramid: list[Tensor], text: TextContext) -> PixelDecoderOutput:

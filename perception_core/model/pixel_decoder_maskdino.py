@@ -18,12 +18,14 @@ _STRIDES = [8, 16, 32, 64]
 
 
 class MaskDinoBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, text_fusion: bool):
+    def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, text_fusion: bool, update_text: bool):
         super().__init__()
         self.text_fusion = text_fusion
+        self.update_text = text_fusion and update_text
         if text_fusion:
             self.image_to_text = MultiHeadAttention(dim, heads)
             self.norm_image_text = nn.LayerNorm(dim)
+        if self.update_text:
             self.text_to_image = MultiHeadAttention(dim, heads)
             self.norm_text = nn.LayerNorm(dim)
         self.self_attn = MSDeformAttn(dim, levels=4, heads=heads, points=points)
@@ -38,7 +40,8 @@ class MaskDinoBlock(nn.Module):
         if self.text_fusion:
             fused = self.norm_image_text(tokens + self.image_to_text(tokens + pos, text_tokens, text_tokens,
                                                                      key_padding_mask=text.padding))
-            text_tokens = self.norm_text(text_tokens + self.text_to_image(text_tokens, tokens + pos, tokens))
+            if self.update_text:
+                text_tokens = self.norm_text(text_tokens + self.text_to_image(text_tokens, tokens + pos, tokens))
             tokens = fused
         ref = ref_points[None, :, None, :].expand(tokens.shape[0], -1, len(shapes), -1)  # (B, S, 4, 2)
         tokens = self.norm_self(tokens + self.self_attn(tokens + pos, ref, tokens, shapes))
@@ -52,8 +55,8 @@ class MaskDinoPixelDecoder(nn.Module):
         super().__init__()
         self.multi_scale_memory = multi_scale_memory
         self.level_embed = nn.Parameter(torch.randn(4, dim) * 0.02)
-        self.blocks = nn.ModuleList(MaskDinoBlock(dim, heads, points, ffn_dim, text_fusion)
-                                    for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(MaskDinoBlock(dim, heads, points, ffn_dim, text_fusion,
+                                                  update_text=i < num_blocks - 1) for i in range(num_blocks))
         self.mask_head = MaskFeatureHead(dim, upsample=2)
 
     def forward(self, s2: Tensor, pyramid: list[Tensor], text: TextContext) -> PixelDecoderOutput:

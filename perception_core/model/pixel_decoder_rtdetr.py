@@ -47,13 +47,16 @@ class CspRepLayer(nn.Module):
 class AifiLayer(nn.Module):
     """Text fusion + one post-norm transformer encoder layer on the S5 tokens."""
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, text_fusion: bool):
+    def __init__(self, dim: int, heads: int, ffn_dim: int, text_fusion: bool, update_text: bool):
         super().__init__()
         self.text_fusion = text_fusion
+        self.update_text = text_fusion and update_text
         if text_fusion:
             self.image_to_text = MultiHeadAttention(dim, heads)
+            self.norm_image_text = nn.LayerNorm(dim)
+        if self.update_text:
             self.text_to_image = MultiHeadAttention(dim, heads)
-            self.norm_image_text, self.norm_text = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.norm_text = nn.LayerNorm(dim)
         self.self_attn = MultiHeadAttention(dim, heads)
         self.norm_self, self.norm_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim)
@@ -63,7 +66,8 @@ class AifiLayer(nn.Module):
         if self.text_fusion:
             fused = self.norm_image_text(tokens + self.image_to_text(tokens + pos, text_tokens, text_tokens,
                                                                      key_padding_mask=text.padding))
-            text_tokens = self.norm_text(text_tokens + self.text_to_image(text_tokens, tokens + pos, tokens))
+            if self.update_text:
+                text_tokens = self.norm_text(text_tokens + self.text_to_image(text_tokens, tokens + pos, tokens))
             tokens = fused
         tokens = self.norm_self(tokens + self.self_attn(tokens + pos, tokens + pos, tokens))
         return self.norm_ffn(tokens + self.ffn(tokens)), text_tokens
@@ -74,7 +78,8 @@ class RtDetrPixelDecoder(nn.Module):
                  multi_scale_memory: bool = True, csp_depth: int = 1):
         super().__init__()
         self.multi_scale_memory = multi_scale_memory
-        self.aifi = nn.ModuleList(AifiLayer(dim, heads, ffn_dim, text_fusion) for _ in range(num_blocks))
+        self.aifi = nn.ModuleList(AifiLayer(dim, heads, ffn_dim, text_fusion, update_text=i < num_blocks - 1)
+                                  for i in range(num_blocks))
         self.lateral = nn.ModuleList([_conv_bn_act(dim, dim), _conv_bn_act(dim, dim)])  # for P5, P4
         self.top_down = nn.ModuleList([CspRepLayer(2 * dim, dim, csp_depth), CspRepLayer(2 * dim, dim, csp_depth)])
         self.downsample = nn.ModuleList([_conv_bn_act(dim, dim, 3, 2), _conv_bn_act(dim, dim, 3, 2)])

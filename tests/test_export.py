@@ -1,0 +1,73 @@
+"""ONNX export through `mobius export`: onnxruntime matches torch for 1, 3 and 20 prompts, with and
+without track queries, and when pruning keeps zero queries."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from perception_core.cli import main as mobius
+from perception_core.model.build import build_from_name, save_weights
+from perception_core.model.decoder import PruneSettings
+from perception_core.runtime.export import example_inputs
+from perception_core.runtime.io_names import INPUT_NAMES, OUTPUT_NAMES
+
+TINY = ["hidden_dim=64", "decoder.num_queries=30", "pruning.min_kept=5", "decoder.ffn_dim=128",
+        "pixel_decoder.ffn_dim=128", "pruning.b_low=0.3", "pruning.b_high=0.6"]
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    model = build_from_name("mobius_nano", TINY).eval()
+    save_weights(model, tmp / "w.safetensors")
+    onnx_path = tmp / "model.onnx"
+    assert mobius(["export", "--config", "mobius_nano", "--weights", str(tmp / "w.safetensors"),
+                   "--size", str(SIZE), "--out", str(onnx_path), *TINY]) == 0
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return model, session
+
+
+def _compare(model, session, args):
+    with torch.no_grad():
+        ref = model(*args[:6], prune=PruneSettings(args[6], args[7]))
+    got = dict(zip(OUTPUT_NAMES, session.run(None, {n: a.numpy() for n, a in zip(INPUT_NAMES, args)})))
+    for name in OUTPUT_NAMES:
+        expected = ref[name].numpy()
+        assert got[name].shape == expected.shape, name
+        np.testing.assert_allclose(got[name], expected, rtol=1e-3, atol=2e-4, err_msg=name)
+    return got
+
+
+def test_graph_io_names(exported):
+    _, session = exported
+    assert tuple(i.name for i in session.get_inputs()) == INPUT_NAMES
+    assert tuple(o.name for o in session.get_outputs()) == OUTPUT_NAMES
+
+
+@pytest.mark.parametrize("num_prompts, tracks", [(1, 0), (3, 2), (20, 5)])
+def test_onnxruntime_matches_torch(exported, num_prompts, tracks):
+    model, session = exported
+    args = example_inputs(model, SIZE, prompts=num_prompts, tracks=tracks)
+    got = _compare(model, session, args)
+    assert got["pred_logits"].shape[2] == num_prompts
+    assert got["kept_per_layer"][0] == 16 + tracks  # 4x4 bottleneck tokens + carried track queries
+
+
+def test_pruning_to_zero_queries(exported):
+    model, session = exported
+    args = list(example_inputs(model, SIZE, prompts=3, tracks=2))
+    args[6] = torch.full_like(args[6], 2.0)        # no confidence reaches 2
+    args[7] = torch.tensor(0, dtype=torch.int64)    # and nothing is protected
+    got = _compare(model, session, args)
+    assert got["pred_masks"].shape == (1, 0, SIZE // 4, SIZE // 4)
+    assert got["kept_per_layer"].tolist() == [18, 0, 0, 0]
+
+
+def test_pruning_bounds_are_runtime_inputs(exported):
+    model, session = exported
+    args = list(example_inputs(model, SIZE, prompts=3, tracks=0))
+    args[6] = torch.zeros_like(args[6])             # tau = 0: keep everything
+    got = _compare(model, session, args)
+    assert got["kept_per_layer"].tolist() == [16, 16, 16, 16]
