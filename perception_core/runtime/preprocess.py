@@ -1,0 +1,43 @@
+"""Frame -> network input: letterbox to a square, normalize. And the inverse mapping for outputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a (height, width) frame was placed in the size x size input: scaled by `scale`, anchored
+    at the top-left, padded right/bottom."""
+    height: int
+    width: int
+    size: int
+    scale: float
+
+    @property
+    def valid(self) -> tuple[int, int]:
+        """(rows, cols) of the input covered by the frame."""
+        return round(self.height * self.scale), round(self.width * self.scale)
+
+
+def preprocess(frame: np.ndarray, size: int, bgr: bool = False) -> tuple[np.ndarray, Letterbox]:
+    """uint8 (H, W, 3) RGB (or BGR) frame -> float32 (1, 3, size, size) and its Letterbox."""
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 HxWx3 frame, got dtype {frame.dtype} shape {frame.shape}")
+    height, width = frame.shape[:2]
+    if height == 0 or width == 0:
+        raise ValueError(f"empty frame {frame.shape}")
+    box = Letterbox(height, width, size, size / max(height, width))
+    rows, cols = box.valid
+    resized = cv2.resize(frame, (cols, rows), interpolation=cv2.INTER_LINEAR if box.scale < 1 else cv2.INTER_CUBIC)
+    if bgr:
+        resized = resized[..., ::-1]
+    canvas = np.zeros((size, size, 3), dtype=np.float32)
+    canvas[:rows, :cols] = (resized.astype(np.float32) - MEAN) / STD
+    # (H, W, 3) -> (1, 3, H, W)
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1)[None]), box
