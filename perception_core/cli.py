@@ -32,6 +32,9 @@ def _module_for(name: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] == "perception_core":
+            raise SystemExit(f"mobius {name}: this installation lacks module '{error.name}'; "
+                             f"reinstall the package ('make setup' or 'pip install -e .')") from error
         raise SystemExit(
             f"mobius {name}: missing dependency '{error.name}'; run 'make setup' "
             f"(or pip install the project) and try again"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -14,8 +15,10 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-# Model presets: installed copy first (config/models inside the package), then the repository.
-MODEL_CONFIG_DIRS = (PACKAGE_ROOT / "configs" / "models", PACKAGE_ROOT.parent / "config" / "models")
+# Model presets: the repository's config/models (editable installs, a checkout), then the copy that
+# setup.py installs into <prefix>/share/mobius_ros/config/models (pip and colcon installs).
+MODEL_CONFIG_DIRS = (PACKAGE_ROOT.parent / "config" / "models",
+                     Path(sys.prefix) / "share" / "mobius_ros" / "config" / "models")
 
 
 class ConfigError(ValueError):
