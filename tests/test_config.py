@@ -29,7 +29,8 @@ def test_overrides_are_typed():
     ("hidden_dim=0", "hidden_dim=0 must be > 0"),
     ("pruning.b_low=0.5", "b_low <= b_high"),
     ("pixel_decoder.bottleneck_stride=4", "bottleneck_stride=4 is invalid"),
-    ("hidden_dim=130", "divisible by heads"),
+    ("pixel_decoder.heads=5", "divisible by heads=5"),
+    ("hidden_dim=130", "must be a multiple of 4"),
     ("decoder", "must look like key=value"),
 ])
 def test_bad_values_raise_clear_errors(override, message):

@@ -1,0 +1,645 @@
+"""Training engine: optimizer groups, the pure LR schedule, one step, one epoch, checkpoints, the run.
+
+The loop, start to end (`train`):
+    validate config -> build datasets (json problems are ConfigErrors, before any step) ->
+    prompt embeddings (all category names, frozen MiniLM, computed once) -> model, criterion,
+    AdamW -> resume (model, optimizer, scaler, step, RNG states) -> epochs of `train_one_epoch`.
+
+Reproducibility. Data order is a function of (seed, epoch), each sample's augmentation of
+(seed, epoch, index), and the only other randomness (the matcher's and criterion's point
+sampling) comes from torch's global RNG, which checkpoints save and restore per rank. Resuming
+from the checkpoint of step k therefore gives the same losses as the uninterrupted run.
+
+Checkpoints (`save_checkpoint`) are written to a temporary file and renamed into place, so a file
+at a checkpoint path is always complete; they hold only tensors and plain Python values and are
+read back with torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import bisect
+import csv
+import logging
+import math
+import os
+import pickle
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..config import ConfigError
+from ..model.build import build_model
+from ..model.text_encoder import MiniLMTextEncoder, TextEmbeddings
+from .collate import Batch, collate
+from .criterion import LOSS_NAMES, LossConfig, SetCriterion
+from .datasets import build_dataset
+from .distributed import (DistInfo, SeededDistributedSampler, all_true, barrier, init_distributed,
+                          mean_over_ranks, unwrap, wrap_model)
+from .matcher import HungarianMatcher
+from .recipe import OptimConfig, TrainConfig, to_plain_dict, validate
+from .transforms import build_train_transforms, build_val_transforms
+
+log = logging.getLogger("mobius.train")
+CHECKPOINT_FORMAT = "mobius.train_checkpoint.v1"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses in a row: training diverged."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt or does not fit the model."""
+
+
+# ----------------------------------------------------------------------------- optimizer, schedule
+
+def lr_at(step: int, optim: OptimConfig) -> float:
+    """Base learning rate before optimizer step `step` (0-based): linear warmup from
+    warmup_start_factor * lr at step 0 to lr at step warmup_steps, times gamma for every
+    milestone <= step. Group lrs are this times their lr_multiplier."""
+    warmup = 1.0
+    if step < optim.warmup_steps:
+        warmup = optim.warmup_start_factor + (1 - optim.warmup_start_factor) * step / optim.warmup_steps
+    return optim.lr * warmup * optim.gamma ** bisect.bisect_right(optim.milestones, step)
+
+
+def build_param_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
+    """AdamW groups: (backbone | text projections | rest) x (decay | no decay). Norm weights,
+    biases and scalars (the logit scale s) get no weight decay."""
+    multipliers = {"backbone": optim.backbone_lr_multiplier, "text": optim.text_lr_multiplier, "rest": 1.0}
+    groups: dict[str, dict] = {}
+    for name, parameter in model.named_parameters():  # shared parameters are listed once
+        if not parameter.requires_grad:
+            continue
+        part = "backbone" if name.startswith("backbone.") else "text" if name.startswith("text_") else "rest"
+        decay = parameter.ndim > 1
+        key = f"{part}/{'decay' if decay else 'no_decay'}"
+        group = groups.setdefault(key, {"params": [], "name": key, "lr_multiplier": multipliers[part],
+                                        "weight_decay": optim.weight_decay if decay else 0.0})
+        group["params"].append(parameter)
+    return [groups[key] for key in sorted(groups)]
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    optimizer = torch.optim.AdamW(build_param_groups(model, optim), lr=optim.lr)
+    set_learning_rate(optimizer, 0, optim)
+    return optimizer
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, optim: OptimConfig) -> float:
+    lr = lr_at(step, optim)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_multiplier"]
+    return lr
+
+
+def build_criterion(loss: LossConfig) -> SetCriterion:
+    """Matcher costs equal the loss weights (DETR / MaskDINO convention)."""
+    matcher = HungarianMatcher(cost_class=loss.class_weight, cost_bbox=loss.bbox_weight,
+                               cost_giou=loss.giou_weight, cost_mask=loss.mask_weight,
+                               cost_dice=loss.dice_weight, num_points=loss.num_points,
+                               focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma)
+    return SetCriterion(matcher, loss)
+
+
+# ----------------------------------------------------------------------------- one step
+
+@dataclass
+class TrainState:
+    step: int = 0                    # optimizer steps done (batches consumed, skipped ones included)
+    skipped_steps: int = 0           # non-finite steps skipped so far
+    consecutive_nonfinite: int = 0
+
+
+@dataclass
+class StepResult:
+    step: int                        # state.step after this step (1-based)
+    loss: float                      # weighted total, mean over ranks; nan if skipped
+    losses: dict[str, float]         # unweighted last-layer losses, mean over ranks
+    lr: float
+    grad_norm: float
+    skipped: bool
+
+
+@dataclass
+class Run:
+    """Everything one step needs; built by `train`."""
+    model: nn.Module                 # possibly DDP-wrapped
+    criterion: SetCriterion
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    prompts: TextEmbeddings          # on the training device
+    config: TrainConfig
+    info: DistInfo
+    amp_dtype: torch.dtype | None    # autocast dtype, None = full precision
+    state: TrainState = field(default_factory=TrainState)
+
+
+def set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
+    model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def outputs_are_finite(outputs: dict) -> bool:
+    """All logits, boxes and masks of every prediction set are finite (the matcher refuses NaNs)."""
+    sets = [outputs, *outputs.get("aux_outputs", []), outputs.get("enc_outputs", {})]
+    return all(bool(torch.isfinite(value).all()) for prediction in sets
+               for key, value in prediction.items() if key in ("pred_logits", "pred_boxes", "pred_masks"))
+
+
+def forward_losses(run: Run, batch: Batch) -> tuple[dict[str, Tensor] | None, Tensor | None]:
+    """(unweighted losses, weighted total), or (None, None) when any rank saw a non-finite value.
+    All ranks take the same branch, so collectives inside the criterion never deadlock."""
+    autocast = torch.autocast(run.info.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
+    with autocast:
+        outputs = run.model(batch.images, run.prompts.tokens, run.prompts.mask, run.prompts.pooled)
+    if not all_true(outputs_are_finite(outputs), run.info):
+        return None, None
+    losses = run.criterion(outputs, batch.targets)  # the criterion computes in float32
+    total = run.criterion.weighted_total(losses)
+    if not all_true(bool(torch.isfinite(total)), run.info):
+        return None, None
+    return losses, total
+
+
+def train_one_step(run: Run, batch: Batch) -> StepResult:
+    """Forward, guard, backward, clip, update. A non-finite loss (or gradient) skips the update;
+    `max_consecutive_nonfinite` of them in a row raise NonFiniteLossError."""
+    state, optim = run.state, run.config.optim
+    set_train_mode(run.model, run.config.freeze_batchnorm)
+    lr = set_learning_rate(run.optimizer, state.step, optim)
+    run.optimizer.zero_grad(set_to_none=True)
+    losses, total = forward_losses(run, batch)
+    grad_norm = math.nan
+    if total is not None:
+        run.scaler.scale(total).backward()
+        run.scaler.unscale_(run.optimizer)
+        parameters = [p for group in run.optimizer.param_groups for p in group["params"]]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, optim.grad_clip or math.inf))
+        # With an fp16 GradScaler, inf gradients are routine: the scaler skips and backs off.
+        if not math.isfinite(grad_norm) and not run.scaler.is_enabled():
+            total = None
+    state.step += 1
+    if total is None:
+        return _skip_step(run, lr)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    state.consecutive_nonfinite = 0
+    metrics = {name: float(value.detach()) for name, value in losses.items() if name in LOSS_NAMES}
+    metrics["loss"] = float(total.detach())
+    metrics = mean_over_ranks(metrics, run.info)
+    loss = metrics.pop("loss")
+    return StepResult(state.step, loss, metrics, lr, grad_norm, skipped=False)
+
+
+def _skip_step(run: Run, lr: float) -> StepResult:
+    run.optimizer.zero_grad(set_to_none=True)
+    state = run.state
+    state.skipped_steps += 1
+    state.consecutive_nonfinite += 1
+    if state.consecutive_nonfinite >= run.config.max_consecutive_nonfinite:
+        raise NonFiniteLossError(
+            f"{state.consecutive_nonfinite} non-finite losses in a row (step {state.step}); training "
+            f"diverged. Lower optim.lr, keep optim.grad_clip > 0, check the data, and resume from the "
+            f"last checkpoint")
+    log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", state.step,
+                state.consecutive_nonfinite)
+    return StepResult(state.step, math.nan, {}, lr, math.nan, skipped=True)
+
+
+# ----------------------------------------------------------------------------- epoch, evaluation
+
+def train_one_epoch(run: Run, loader: DataLoader, logger: "MetricsLogger", hooks: "StepHooks",
+                    progress: tqdm | None) -> None:
+    """Steps over this epoch's batches until the epoch or optim.max_steps ends."""
+    max_steps = run.config.optim.max_steps
+    for batch in loader:
+        if run.state.step >= max_steps:
+            break
+        started = time.perf_counter()
+        result = train_one_step(run, batch.to(run.info.device))
+        logger.record(result, time.perf_counter() - started, run.state)
+        hooks.after_step(run)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{result.loss:.3f}", lr=f"{result.lr:.2e}")
+
+
+@torch.no_grad()
+def evaluate_loss(run: Run, loader: DataLoader) -> dict[str, float]:
+    """Mean validation losses (weighted total as "loss"), eval mode without query pruning; under
+    DDP every rank evaluates its shard and the means are averaged."""
+    model = unwrap(run.model)
+    model.eval()
+    prune, model.prune = model.prune, None  # pruning drops queries: the losses need them all
+    sums: dict[str, float] = {}
+    count = nonfinite = 0
+    try:
+        for batch in loader:
+            batch = batch.to(run.info.device)
+            outputs = model(batch.images, run.prompts.tokens, run.prompts.mask, run.prompts.pooled)
+            if not all_true(outputs_are_finite(outputs), run.info):  # same branch on every rank
+                nonfinite += 1
+                continue
+            losses = run.criterion(outputs, batch.targets)
+            values = {name: float(v) for name, v in losses.items() if name in LOSS_NAMES}
+            values["loss"] = float(run.criterion.weighted_total(losses))
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value
+            count += 1
+    finally:
+        model.prune = prune
+    means = {name: value / max(count, 1) for name, value in sums.items()}
+    means["nonfinite_batches"] = float(nonfinite)
+    return mean_over_ranks(means, run.info)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def capture_rng_states() -> dict:
+    keys, position, has_gauss, cached = np.random.get_state()[1:]
+    version, python_state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": list(python_state), "gauss": gauss},
+    }
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    numpy_state = states["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    python = states["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+
+
+def gather_rng_states(info: DistInfo) -> list[dict]:
+    """RNG states of every rank (collective under DDP), index = rank."""
+    states = capture_rng_states()
+    if not info.distributed:
+        return [states]
+    gathered: list[Any] = [None] * info.world_size
+    torch.distributed.all_gather_object(gathered, states)
+    return gathered
+
+
+def checkpoint_contents(run: Run, rng_states: list[dict]) -> dict:
+    state = run.state
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": unwrap(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": {"type": "warmup_multistep", "step": state.step, "lr": lr_at(state.step, run.config.optim)},
+        "scaler": run.scaler.state_dict(),
+        "step": state.step,
+        "skipped_steps": state.skipped_steps,
+        "consecutive_nonfinite": state.consecutive_nonfinite,
+        "rng": rng_states,
+        "world_size": run.info.world_size,
+        "config": to_plain_dict(run.config),
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, contents: dict) -> Path:
+    """Atomic write: a temporary file in the same folder, fsync, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with temporary.open("wb") as file:
+            torch.save(contents, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Reads a training checkpoint with weights_only=True; CheckpointError says what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' not found; list the run's checkpoints/ folder or "
+                              f"start without --resume")
+    try:
+        contents = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, bad pickle, refused global
+        # torch's own advice for refused pickles is to set weights_only=False: not for files we
+        # cannot trust, so it is left out.
+        detail = ("not loadable with weights_only=True" if isinstance(error, pickle.UnpicklingError)
+                  else str(error).splitlines()[0][:200] if str(error) else type(error).__name__)
+        raise CheckpointError(f"checkpoint '{path}' is truncated or corrupt ({detail}); resume from an "
+                              f"earlier checkpoint") from None
+    found = contents.get("format") if isinstance(contents, dict) else type(contents).__name__
+    if found != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"'{path}' is not a MOBIUS training checkpoint (format {found!r}, expected "
+                              f"{CHECKPOINT_FORMAT!r}); to load weights only use model.build.load_weights")
+    return contents
+
+
+def restore_checkpoint(run: Run, contents: dict, path: str | os.PathLike) -> None:
+    """Model, optimizer, scaler, counters and this rank's RNG state from `contents`."""
+    try:
+        unwrap(run.model).load_state_dict(contents["model"])
+        run.optimizer.load_state_dict(contents["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint '{path}' does not fit this model/recipe: {str(error)[:300]}") from None
+    if contents["scaler"]:
+        run.scaler.load_state_dict(contents["scaler"])
+    run.state = TrainState(contents["step"], contents["skipped_steps"], contents["consecutive_nonfinite"])
+    rng = contents["rng"]
+    if len(rng) == run.info.world_size:
+        restore_rng_states(rng[run.info.rank])
+    else:
+        log.warning("checkpoint has RNG states of %d ranks, this run has %d: RNG reseeded, the run "
+                    "will not repeat the original exactly", len(rng), run.info.world_size)
+        torch.manual_seed(run.config.seed + run.info.rank + contents["step"])
+    _warn_config_changes(contents["config"], to_plain_dict(run.config))
+
+
+_RESUME_SAFE_KEYS = ("optim.max_steps", "output_dir", "num_workers", "log_interval", "eval_interval",
+                     "checkpoint_interval")
+
+
+def _warn_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            _warn_config_changes(old, new, name + ".")
+        elif old != new and name not in _RESUME_SAFE_KEYS:
+            log.warning("resuming with %s=%r (checkpoint had %r)", name, new, old)
+
+
+class StepHooks:
+    """Evaluation and checkpointing at their intervals (checkpoints: all ranks join the RNG
+    gather; rank 0 writes)."""
+
+    def __init__(self, output_dir: Path, val_loader: DataLoader | None, logger: "MetricsLogger"):
+        self.checkpoint_dir = output_dir / "checkpoints"
+        self.val_loader = val_loader
+        self.logger = logger
+        self.last_saved_step = -1
+
+    def after_step(self, run: Run) -> None:
+        step, config = run.state.step, run.config
+        if self.val_loader is not None and config.eval_interval and step % config.eval_interval == 0:
+            # A forked RNG: evaluating (point sampling) must not change the training trajectory.
+            devices = [run.info.device] if run.info.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                self.logger.record_eval(step, evaluate_loss(run, self.val_loader))
+        if step % config.checkpoint_interval == 0 or step == config.optim.max_steps:
+            self.save(run)
+
+    def save(self, run: Run) -> Path | None:
+        if self.last_saved_step == run.state.step:
+            return None
+        rng_states = gather_rng_states(run.info)
+        self.last_saved_step = run.state.step
+        path = None
+        if run.info.is_main:
+            path = save_checkpoint(self.checkpoint_dir / f"step_{run.state.step:07d}.pt",
+                                   checkpoint_contents(run, rng_states))
+            _publish(path, self.checkpoint_dir / "last.pt")
+        barrier(run.info)
+        return path
+
+
+def _publish(path: Path, link: Path) -> None:
+    """Atomically points `link` at the same file as `path` (hard link, else a copy)."""
+    temporary = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(path, temporary)
+    except OSError:
+        import shutil
+        shutil.copyfile(path, temporary)
+    os.replace(temporary, link)
+
+
+# ----------------------------------------------------------------------------- logging
+
+TRAIN_COLUMNS = ("step", "lr", "loss", *LOSS_NAMES, "grad_norm", "skipped_steps", "seconds_per_step")
+EVAL_COLUMNS = ("step", "loss", *LOSS_NAMES, "nonfinite_batches")
+
+
+class MetricsLogger:
+    """Every step into `history`; interval means into metrics.csv and TensorBoard (rank 0)."""
+
+    def __init__(self, output_dir: Path, config: TrainConfig, enabled: bool, start_step: int):
+        self.history: list[StepResult] = []
+        self.step_seconds: list[float] = []
+        self.interval = config.log_interval
+        self.enabled = enabled
+        self.pending: list[tuple[StepResult, float]] = []
+        self.state = TrainState()
+        self.writer = None
+        if enabled:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            self.train_csv = _open_csv(output_dir / "metrics.csv", TRAIN_COLUMNS, start_step)
+            self.eval_csv = _open_csv(output_dir / "val_metrics.csv", EVAL_COLUMNS, start_step)
+            self.writer = _tensorboard_writer(output_dir / "tensorboard", start_step)
+
+    def record(self, result: StepResult, seconds: float, state: TrainState) -> None:
+        self.state = state
+        self.history.append(result)
+        self.step_seconds.append(seconds)
+        self.pending.append((result, seconds))
+        if result.step % self.interval == 0 or result.step == 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        done = [r for r, _ in self.pending if not r.skipped]
+        last = self.pending[-1][0]
+        row = {"step": last.step, "lr": last.lr, "skipped_steps": self.state.skipped_steps,
+               "seconds_per_step": sum(s for _, s in self.pending) / len(self.pending)}
+        if done:
+            row["loss"] = sum(r.loss for r in done) / len(done)
+            row["grad_norm"] = sum(r.grad_norm for r in done) / len(done)
+            for name in LOSS_NAMES:
+                values = [r.losses[name] for r in done if name in r.losses]
+                if values:
+                    row[name] = sum(values) / len(values)
+        self.pending = []
+        if self.enabled:
+            self._write(self.train_csv, TRAIN_COLUMNS, row, "train")
+
+    def record_eval(self, step: int, metrics: dict[str, float]) -> None:
+        if self.enabled:
+            log.info("step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+            self._write(self.eval_csv, EVAL_COLUMNS, {"step": step, **metrics}, "val")
+
+    def _write(self, handle, columns, row: dict, tag: str) -> None:
+        file, writer = handle
+        writer.writerow({key: row.get(key, "") for key in columns})
+        file.flush()
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, float) and math.isfinite(value):
+                    self.writer.add_scalar(f"{tag}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        if self.pending:  # the steps since the last interval
+            self._flush()
+        if self.enabled:
+            self.train_csv[0].close()
+            self.eval_csv[0].close()
+            if self.writer is not None:
+                self.writer.close()
+
+
+def _open_csv(path: Path, columns: tuple[str, ...], start_step: int):
+    """CSV for appending; on resume, rows of steps after the checkpoint (from the interrupted run)
+    are dropped so that the file describes one run."""
+    rows = []
+    if start_step > 0 and path.is_file():
+        with path.open(newline="") as file:
+            rows = [row for row in csv.DictReader(file) if row.get("step") and int(row["step"]) <= start_step]
+    file = path.open("w", newline="")
+    writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return file, writer
+
+
+def _tensorboard_writer(folder: Path, start_step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional for training itself
+        log.warning("tensorboard not installed; logging to CSV only")
+        return None
+    # purge_step hides events of the interrupted run after the checkpoint we resume from
+    return SummaryWriter(str(folder), purge_step=start_step + 1 if start_step > 0 else None)
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class TrainResult:
+    history: list[StepResult]        # every step of this invocation (rank 0: means over ranks)
+    step_seconds: list[float]        # wall time of each step
+    final_step: int
+    skipped_steps: int
+    checkpoint: Path | None          # last checkpoint written (rank 0)
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 where supported, else fp16; only on CUDA."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if device.type != "cuda":
+        raise ConfigError(f"amp=on needs a CUDA device, got {device}; use amp=auto or amp=off")
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def encode_prompts(names: list[str], max_tokens: int) -> TextEmbeddings:
+    """Frozen MiniLM embeddings of the prompt list (computed once per run)."""
+    return MiniLMTextEncoder(max_tokens=max_tokens, cache_size=0).encode(names)
+
+
+def build_loaders(config: TrainConfig, info: DistInfo):
+    """(train set, train loader, train sampler, val loader or None). Every json problem surfaces
+    here as a ConfigError."""
+    data = config.data
+    train_set = build_dataset(data.train_annotations, data.train_images, build_train_transforms(data), data.use_masks)
+    if len(train_set) < config.batch_size * info.world_size:
+        raise ConfigError(f"the training set has {len(train_set)} images, fewer than batch_size x processes "
+                          f"= {config.batch_size * info.world_size}")
+    sampler = SeededDistributedSampler(len(train_set), info, config.seed, config.batch_size)
+    loader = _loader(train_set, sampler, config)
+    val_loader = None
+    if data.val_annotations:
+        val_set = build_dataset(data.val_annotations, data.val_images, build_val_transforms(data), data.use_masks)
+        if val_set.category_names != train_set.category_names:
+            raise ConfigError(f"'{data.val_annotations}' and '{data.train_annotations}' list different categories; "
+                              f"the prompt list must be the same")
+        if len(val_set) >= info.world_size:
+            val_sampler = SeededDistributedSampler(len(val_set), info, config.seed, 1, shuffle=False)
+            val_loader = _loader(val_set, val_sampler, config, drop_last=False)
+    return train_set, loader, sampler, val_loader
+
+
+def _loader(dataset, sampler, config: TrainConfig, drop_last: bool = True) -> DataLoader:
+    # An explicit generator: creating the iterator must not consume the global torch RNG.
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                      collate_fn=collate, drop_last=drop_last, worker_init_fn=_worker_init,
+                      generator=torch.Generator().manual_seed(config.seed))
+
+
+def _worker_init(worker_id: int) -> None:
+    import cv2
+    cv2.setNumThreads(1)  # workers x OpenCV threads would oversubscribe the cores
+
+
+def train(config: TrainConfig, device: str | None = None, resume: str | os.PathLike | None = None,
+          prompt_embeddings: TextEmbeddings | None = None, show_progress: bool = True) -> TrainResult:
+    """Runs (or resumes) training up to config.optim.max_steps. Raises ConfigError for any problem
+    with the recipe or the data before the first step."""
+    model_config = validate(config)
+    info = init_distributed(device)
+    amp_dtype = resolve_amp(config.amp, info.device)
+    checkpoint = load_checkpoint(resume) if resume else None
+    train_set, loader, sampler, val_loader = build_loaders(config, info)
+    names = train_set.category_names
+    prompts = prompt_embeddings
+    if prompts is None:
+        prompts = encode_prompts(names, model_config.text.max_tokens)
+    if len(prompts) != len(names):
+        raise ConfigError(f"{len(prompts)} prompt embeddings for {len(names)} categories")
+    torch.manual_seed(config.seed)
+    model = build_model(model_config).to(info.device)
+    optimizer = build_optimizer(model, config.optim)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
+    torch.manual_seed(config.seed + info.rank)  # the training RNG (point sampling), per rank
+    run = Run(model, build_criterion(config.loss), optimizer, scaler, prompts.to(info.device), config, info, amp_dtype)
+    if checkpoint is not None:
+        restore_checkpoint(run, checkpoint, resume)
+        log.info("resumed from '%s' at step %d", resume, run.state.step)
+    run.model = wrap_model(model, info, sync_batchnorm=not config.freeze_batchnorm)
+    output_dir = Path(config.output_dir)
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(to_plain_dict(config), sort_keys=False))
+    logger = MetricsLogger(output_dir, config, info.is_main, run.state.step)
+    hooks = StepHooks(output_dir, val_loader, logger)
+    return _run_epochs(run, loader, sampler, logger, hooks, show_progress and info.is_main)
+
+
+def _run_epochs(run: Run, loader: DataLoader, sampler: SeededDistributedSampler, logger: MetricsLogger,
+                hooks: StepHooks, show_progress: bool) -> TrainResult:
+    steps_per_epoch = sampler.batches_per_epoch()
+    max_steps = run.config.optim.max_steps
+    progress = None
+    if show_progress:
+        progress = tqdm(total=max_steps, initial=run.state.step, desc="train", dynamic_ncols=True)
+    try:
+        while run.state.step < max_steps:
+            epoch, done_in_epoch = divmod(run.state.step, steps_per_epoch)
+            sampler.set_epoch(epoch, skip_batches=done_in_epoch)
+            train_one_epoch(run, loader, logger, hooks, progress)
+        hooks.save(run)
+    finally:
+        if progress is not None:
+            progress.close()
+        logger.close()
+    last = hooks.checkpoint_dir / "last.pt"
+    return TrainResult(logger.history, logger.step_seconds, run.state.step, run.state.skipped_steps,
+                       last if run.info.is_main and last.is_file() else None)
