@@ -25,8 +25,8 @@ Components (forward hooks on the named submodules of `Mobius`, batch 1, square S
     pixel_decoder    `model.projection` (input projections, counted here as the paper does) and
                      `model.pixel_decoder`, including its stride-4 mask-feature head and the
                      image-text fusion ("w/ fusion" column).
-    modality_fusion  the part of pixel_decoder spent in the fusion submodules `image_to_text`,
-                     `text_to_image`, `norm_image_text`, `norm_text` of every block;
+    modality_fusion  the part of pixel_decoder spent in the `TextFusion` modules (Eq. 1a-1b:
+                     image-to-text and text-to-image attention and their norms) of every block;
                      "w/o fusion" = pixel_decoder - modality_fusion.
     query_selection  `model.selection` (language-guided top-K, Eq. 2-3) and the text projections
                      `model.text_token_proj` / `model.text_pooled_proj`. Counted INSIDE both decoder
@@ -52,8 +52,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .pixel_decoder_common import TextFusion
+
 GIGA = 1e9
-_FUSION_ATTRIBUTES = ("image_to_text", "text_to_image", "norm_image_text", "norm_text")
 # grid_sampler_2d interpolation_mode -> input values summed per output value
 _GRID_SAMPLE_TAPS = {0: 4, 1: 0, 2: 16}  # bilinear, nearest, bicubic
 
@@ -170,8 +171,7 @@ class _Meter:
 
 def fusion_modules(pixel_decoder: nn.Module) -> list[nn.Module]:
     """The image-text fusion submodules of every block (empty when text_fusion is off)."""
-    return [module for name, module in pixel_decoder.named_modules()
-            if name.rsplit(".", 1)[-1] in _FUSION_ATTRIBUTES]
+    return [module for module in pixel_decoder.modules() if isinstance(module, TextFusion)]
 
 
 def _dummy_inputs(model: nn.Module, size: tuple[int, int], num_prompts: int, tokens: int) -> tuple:

@@ -18,9 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from .deform_attn import MSDeformAttn
-from .layers import (FFN, MultiHeadAttention, TokenGroupNorm, level_position_embeddings, reference_grid,
-                     sine_position_embedding)
-from .pixel_decoder_common import MaskFeatureHead, PixelDecoderOutput, TextContext, token_anchors
+from .layers import FFN, TokenGroupNorm, level_position_embeddings, reference_grid, sine_position_embedding
+from .pixel_decoder_common import MaskFeatureHead, PixelDecoderOutput, TextContext, TextFusion, token_anchors
 
 _STRIDE_TO_LEVEL = {8: 0, 16: 1, 32: 2}  # index into [S3, S4, S5, S6]
 _GN_GROUPS = 32
@@ -29,15 +28,8 @@ _GN_GROUPS = 32
 class BottleneckBlock(nn.Module):
     def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, text_fusion: bool, update_text: bool):
         super().__init__()
-        self.text_fusion = text_fusion
-        self.update_text = text_fusion and update_text
         groups = min(_GN_GROUPS, dim)
-        if text_fusion:
-            self.image_to_text = MultiHeadAttention(dim, heads)
-            self.norm_image_text = TokenGroupNorm(groups, dim)
-        if self.update_text:
-            self.text_to_image = MultiHeadAttention(dim, heads)
-            self.norm_text = nn.LayerNorm(dim)
+        self.fusion = TextFusion(dim, heads, TokenGroupNorm(groups, dim), update_text) if text_fusion else None
         self.self_attn = MSDeformAttn(dim, levels=1, heads=heads, points=points)
         self.norm_self = TokenGroupNorm(groups, dim)
         self.cross_attn = MSDeformAttn(dim, levels=4, heads=heads, points=points)
@@ -46,19 +38,14 @@ class BottleneckBlock(nn.Module):
         self.norm_ffn = TokenGroupNorm(groups, dim)
 
     def forward(self, bottleneck: Tensor, pos: Tensor, text: TextContext, bottleneck_shape: tuple[int, int],
-                levels: Tensor, level_shapes: list[tuple[int, int]], ref_points: Tensor) -> tuple[Tensor, Tensor]:
+                levels: Tensor, level_shapes: list[tuple[int, int]], ref_points: Tensor) -> tuple[Tensor, TextContext]:
         """
         bottleneck: (B, N, C) tokens of B; pos: (N, C); text.tokens: (B, T, C);
         levels: (B, S, C) flattened {S3..S6}; ref_points: (N, 2) xy in [0, 1].
-        Returns the enhanced bottleneck (B, N, C) and updated text tokens (B, T, C).
+        Returns the enhanced bottleneck (B, N, C) and the text context after fusion.
         """
-        tokens = text.tokens
-        if self.text_fusion:
-            fused = self.image_to_text(bottleneck + pos, tokens, tokens, key_padding_mask=text.padding)
-            fused = self.norm_image_text(bottleneck + fused)                       # Eq. 1a
-            if self.update_text:                                                   # Eq. 1b
-                tokens = self.norm_text(tokens + self.text_to_image(tokens, bottleneck + pos, bottleneck))
-            bottleneck = fused
+        if self.fusion is not None:
+            bottleneck, text = self.fusion(bottleneck, pos, text)                  # Eq. 1a-1b
         batch = bottleneck.shape[0]
         ref = ref_points[None, :, None, :].expand(batch, -1, 1, -1)                # (B, N, 1, 2)
         attended = self.self_attn(bottleneck + pos, ref, bottleneck, [bottleneck_shape])
@@ -67,7 +54,7 @@ class BottleneckBlock(nn.Module):
         attended = self.cross_attn(bottleneck + pos, ref_levels, levels, level_shapes)
         bottleneck = self.norm_cross(bottleneck + attended)                         # Eq. 1d
         bottleneck = self.norm_ffn(bottleneck + self.ffn(bottleneck))               # Eq. 1e
-        return bottleneck, tokens
+        return bottleneck, text
 
 
 class BottleneckPixelDecoder(nn.Module):
@@ -101,8 +88,7 @@ class BottleneckPixelDecoder(nn.Module):
         ref_points = reference_grid([(height, width)], levels.device, levels.dtype)
         bottleneck = pyramid[self.bottleneck_level].flatten(2).transpose(1, 2)        # (B, N, C)
         for block in self.blocks:
-            bottleneck, tokens = block(bottleneck, pos, text, (height, width), levels, level_shapes, ref_points)
-            text = TextContext(tokens, text.padding)
+            bottleneck, text = block(bottleneck, pos, text, (height, width), levels, level_shapes, ref_points)
         enhanced = bottleneck.transpose(1, 2).reshape(batch, dim, height, width)      # B^
         memory = [enhanced]
         if self.multi_scale_memory:

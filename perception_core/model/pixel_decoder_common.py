@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import MultiHeadAttention
+
 
 class TextContext(NamedTuple):
     """Projected text tokens E_text of all prompts, flattened: tokens (B, P*T, C), padding (1, P*T) bool
@@ -21,6 +23,31 @@ class PixelDecoderOutput(NamedTuple):
     selection_anchors: Tensor     # (S, 4) cxcywh in [0, 1], the anchor box of each candidate token
     mask_features: Tensor         # (B, C, H/4, W/4) embedding map M
     text: TextContext             # text tokens after image-text fusion
+
+
+class TextFusion(nn.Module):
+    """Bidirectional image-text cross-attention (Eq. 1a-1b), shared by every pixel decoder:
+    image tokens attend to the text tokens (residual + `image_norm`), then, if `update_text`, the
+    text tokens attend to the image tokens (residual + LayerNorm). A decoder's last block passes
+    update_text=False: text updated there would never be read."""
+
+    def __init__(self, dim: int, heads: int, image_norm: nn.Module, update_text: bool):
+        super().__init__()
+        self.image_to_text = MultiHeadAttention(dim, heads)
+        self.norm_image_text = image_norm
+        self.update_text = update_text
+        if update_text:
+            self.text_to_image = MultiHeadAttention(dim, heads)
+            self.norm_text = nn.LayerNorm(dim)
+
+    def forward(self, image: Tensor, pos: Tensor, text: TextContext) -> tuple[Tensor, TextContext]:
+        """image (B, N, C) with position embedding pos (N, C); text tokens (B, T, C)."""
+        attended = self.image_to_text(image + pos, text.tokens, text.tokens, key_padding_mask=text.padding)
+        fused = self.norm_image_text(image + attended)                                       # Eq. 1a
+        if not self.update_text:
+            return fused, text
+        tokens = self.norm_text(text.tokens + self.text_to_image(text.tokens, image + pos, image))  # Eq. 1b
+        return fused, TextContext(tokens, text.padding)
 
 
 class MaskFeatureHead(nn.Module):

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from .deform_attn import MSDeformAttn
-from .layers import FFN, MultiHeadAttention, level_position_embeddings, reference_grid
-from .pixel_decoder_common import MaskFeatureHead, PixelDecoderOutput, TextContext, token_anchors
+from .layers import FFN, level_position_embeddings, reference_grid
+from .pixel_decoder_common import MaskFeatureHead, PixelDecoderOutput, TextContext, TextFusion, token_anchors
 
 _STRIDES = [8, 16, 32, 64]
 
@@ -20,33 +20,21 @@ _STRIDES = [8, 16, 32, 64]
 class MaskDinoBlock(nn.Module):
     def __init__(self, dim: int, heads: int, points: int, ffn_dim: int, text_fusion: bool, update_text: bool):
         super().__init__()
-        self.text_fusion = text_fusion
-        self.update_text = text_fusion and update_text
-        if text_fusion:
-            self.image_to_text = MultiHeadAttention(dim, heads)
-            self.norm_image_text = nn.LayerNorm(dim)
-        if self.update_text:
-            self.text_to_image = MultiHeadAttention(dim, heads)
-            self.norm_text = nn.LayerNorm(dim)
+        self.fusion = TextFusion(dim, heads, nn.LayerNorm(dim), update_text) if text_fusion else None
         self.self_attn = MSDeformAttn(dim, levels=4, heads=heads, points=points)
         self.norm_self = nn.LayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim)
         self.norm_ffn = nn.LayerNorm(dim)
 
     def forward(self, tokens: Tensor, pos: Tensor, text: TextContext, shapes: list[tuple[int, int]],
-                ref_points: Tensor) -> tuple[Tensor, Tensor]:
+                ref_points: Tensor) -> tuple[Tensor, TextContext]:
         """tokens: (B, S, C) all scales; pos: (S, C); ref_points: (S, 2)."""
-        text_tokens = text.tokens
-        if self.text_fusion:
-            fused = self.norm_image_text(tokens + self.image_to_text(tokens + pos, text_tokens, text_tokens,
-                                                                     key_padding_mask=text.padding))
-            if self.update_text:
-                text_tokens = self.norm_text(text_tokens + self.text_to_image(text_tokens, tokens + pos, tokens))
-            tokens = fused
+        if self.fusion is not None:
+            tokens, text = self.fusion(tokens, pos, text)
         ref = ref_points[None, :, None, :].expand(tokens.shape[0], -1, len(shapes), -1)  # (B, S, 4, 2)
         tokens = self.norm_self(tokens + self.self_attn(tokens + pos, ref, tokens, shapes))
         tokens = self.norm_ffn(tokens + self.ffn(tokens))
-        return tokens, text_tokens
+        return tokens, text
 
 
 class MaskDinoPixelDecoder(nn.Module):
@@ -66,8 +54,7 @@ class MaskDinoPixelDecoder(nn.Module):
         pos = level_position_embeddings(shapes, dim, self.level_embed, tokens.device, tokens.dtype)
         ref_points = reference_grid(shapes, tokens.device, tokens.dtype)
         for block in self.blocks:
-            tokens, text_tokens = block(tokens, pos, text, shapes, ref_points)
-            text = TextContext(text_tokens, text.padding)
+            tokens, text = block(tokens, pos, text, shapes, ref_points)
         maps = [t.transpose(1, 2).reshape(batch, dim, h, w)
                 for t, (h, w) in zip(tokens.split([h * w for h, w in shapes], dim=1), shapes)]
         memory = maps if self.multi_scale_memory else [maps[1]]  # single scale = stride 16

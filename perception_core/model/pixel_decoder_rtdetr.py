@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import FFN, MultiHeadAttention, sine_position_embedding
-from .pixel_decoder_common import MaskFeatureHead, PixelDecoderOutput, TextContext, token_anchors
+from .pixel_decoder_common import MaskFeatureHead, PixelDecoderOutput, TextContext, TextFusion, token_anchors
 
 
 def _conv_bn_act(in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, act: bool = True) -> nn.Sequential:
@@ -49,28 +49,16 @@ class AifiLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, text_fusion: bool, update_text: bool):
         super().__init__()
-        self.text_fusion = text_fusion
-        self.update_text = text_fusion and update_text
-        if text_fusion:
-            self.image_to_text = MultiHeadAttention(dim, heads)
-            self.norm_image_text = nn.LayerNorm(dim)
-        if self.update_text:
-            self.text_to_image = MultiHeadAttention(dim, heads)
-            self.norm_text = nn.LayerNorm(dim)
+        self.fusion = TextFusion(dim, heads, nn.LayerNorm(dim), update_text) if text_fusion else None
         self.self_attn = MultiHeadAttention(dim, heads)
         self.norm_self, self.norm_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim)
 
-    def forward(self, tokens: Tensor, pos: Tensor, text: TextContext) -> tuple[Tensor, Tensor]:
-        text_tokens = text.tokens
-        if self.text_fusion:
-            fused = self.norm_image_text(tokens + self.image_to_text(tokens + pos, text_tokens, text_tokens,
-                                                                     key_padding_mask=text.padding))
-            if self.update_text:
-                text_tokens = self.norm_text(text_tokens + self.text_to_image(text_tokens, tokens + pos, tokens))
-            tokens = fused
+    def forward(self, tokens: Tensor, pos: Tensor, text: TextContext) -> tuple[Tensor, TextContext]:
+        if self.fusion is not None:
+            tokens, text = self.fusion(tokens, pos, text)
         tokens = self.norm_self(tokens + self.self_attn(tokens + pos, tokens + pos, tokens))
-        return self.norm_ffn(tokens + self.ffn(tokens)), text_tokens
+        return self.norm_ffn(tokens + self.ffn(tokens)), text
 
 
 class RtDetrPixelDecoder(nn.Module):
@@ -92,8 +80,7 @@ class RtDetrPixelDecoder(nn.Module):
         tokens = s5.flatten(2).transpose(1, 2)
         pos = sine_position_embedding(h5, w5, dim, s5.device, s5.dtype)
         for layer in self.aifi:
-            tokens, text_tokens = layer(tokens, pos, text)
-            text = TextContext(text_tokens, text.padding)
+            tokens, text = layer(tokens, pos, text)
         p5 = self.lateral[0](tokens.transpose(1, 2).reshape(batch, dim, h5, w5))
         up = F.interpolate(p5, size=s4.shape[-2:], mode="nearest")
         p4 = self.lateral[1](self.top_down[0](torch.cat([up, s4], dim=1)))
