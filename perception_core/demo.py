@@ -30,11 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.3, help="score threshold (trained model)")
 
 
-def _export(args, out: Path) -> tuple[Path, bool]:
+def _export(args, out: Path) -> tuple[Path, bool, dict[str, np.ndarray]]:
+    """Exports the model; returns the ONNX path, whether weights were trained, and its pruning inputs."""
     import torch
 
     from .model.build import build_from_name, load_weights
-    from .runtime.export import export_onnx
+    from .runtime.export import export_onnx, prune_inputs
 
     torch.manual_seed(0)
     model = build_from_name(args.config)
@@ -43,18 +44,19 @@ def _export(args, out: Path) -> tuple[Path, bool]:
         load_weights(model, weights)
     print(f"[demo] exporting {args.config} ({'weights ' + str(weights) if weights else 'RANDOM weights'}) "
           f"to ONNX at {args.size}px ...", flush=True)
-    return export_onnx(model, out / "model.onnx", args.size), weights is not None
+    thresholds, min_kept = prune_inputs(model)
+    pruning = {"prune_thresholds": thresholds.numpy(), "prune_min_kept": min_kept.numpy()}
+    return export_onnx(model, out / "model.onnx", args.size), weights is not None, pruning
 
 
-def _feed(engine, frame, text, size):
+def _feed(engine, frame, text, pruning):
     from .runtime.preprocess import preprocess
 
-    image, box = preprocess(frame, size)
+    image, box = preprocess(frame, engine.size)
     feed = {"images": image, "text_tokens": text.tokens.numpy(), "text_mask": text.mask.numpy(),
             "text_pooled": text.pooled.numpy(),
             "track_queries": np.zeros((1, 0, engine.hidden_dim), np.float32),
-            "track_boxes": np.zeros((1, 0, 4), np.float32),
-            "prune_thresholds": engine.thresholds, "prune_min_kept": engine.min_kept}
+            "track_boxes": np.zeros((1, 0, 4), np.float32), **pruning}
     return feed, box
 
 
@@ -72,12 +74,8 @@ def run(args: argparse.Namespace) -> int:
     prompts = validate_prompts([p for p in args.prompts.split(",")])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    onnx_path, trained = _export(args, out)
+    onnx_path, trained, pruning = _export(args, out)
     engine = OnnxEngine(onnx_path, threads=args.threads)
-    from .model.build import build_from_name
-    from .runtime.export import prune_inputs
-    thresholds, min_kept = prune_inputs(build_from_name(args.config))
-    engine.thresholds, engine.min_kept = thresholds.numpy(), min_kept.numpy()
     text = MiniLMTextEncoder().encode(prompts)
     frames, _ = generate_video(args.seed, make_config("normal", frames=(args.frames, args.frames)))
     height, width = frames[0].shape[:2]
@@ -85,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (width, height))
     latencies, kept, counts = [], [], []
     for frame in tqdm(frames, desc="frames", unit="frame"):
-        feed, box = _feed(engine, frame, text, engine.size)
+        feed, box = _feed(engine, frame, text, pruning)
         start = time.perf_counter()
         result = engine(feed)
         latencies.append((time.perf_counter() - start) * 1000)
