@@ -250,11 +250,37 @@ class YtvisDataset(Dataset):
         return {"frames": frames, "delta": later - frame}
 
 
+def restrict_categories(data: dict, keep: str | Sequence[str], path) -> list[dict]:
+    """The json's category records limited to `keep` ("seen" or names), in the json's order."""
+    records = data.get("categories")
+    if not isinstance(records, list):
+        raise DatasetError(f"annotation file '{path}' has no 'categories' list")
+    if keep == "seen":
+        used = {int(a["category_id"]) for a in data.get("annotations", []) if "category_id" in a}
+        kept = [c for c in records if int(c.get("id", -1)) in used]
+        if not kept:
+            raise DatasetError(f"annotation file '{path}' has no annotations, so no category is seen")
+        return kept
+    wanted = set(keep)
+    kept = [c for c in records if c.get("name") in wanted]
+    missing = wanted - {c.get("name") for c in kept}
+    if missing:
+        raise DatasetError(f"annotation file '{path}' lacks the categories {sorted(missing)}")
+    return kept
+
+
 def build_dataset(annotation_file: str | os.PathLike, image_root: str | os.PathLike,
                   transforms: Transform | None = None, use_masks: bool = True,
-                  video_mode: str = "frames") -> CocoDataset | YtvisDataset:
-    """COCO or YouTube-VIS dataset, detected from the json's keys."""
+                  video_mode: str = "frames", categories: str | Sequence[str] | None = None
+                  ) -> CocoDataset | YtvisDataset:
+    """COCO or YouTube-VIS dataset, detected from the json's keys.
+
+    categories: None keeps every category of the json; "seen" keeps those with at least one
+    annotation (open-vocabulary training: held-out compositions are then never shown as negatives
+    either); a list of names keeps exactly those. Annotations of dropped categories are ignored."""
     data = read_annotation_file(annotation_file)
+    if categories is not None:
+        data = dict(data, categories=restrict_categories(data, categories, annotation_file))
     try:
         if annotation_format(data) == "coco":
             return CocoDataset(annotation_file, image_root, transforms, use_masks, data=data)

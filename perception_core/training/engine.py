@@ -559,7 +559,9 @@ def build_loaders(config: TrainConfig, info: DistInfo):
     """(train set, train loader, train sampler, val loader or None). Every json problem surfaces
     here as a ConfigError."""
     data = config.data
-    train_set = build_dataset(data.train_annotations, data.train_images, build_train_transforms(data), data.use_masks)
+    keep = "seen" if data.prompts == "seen" else None
+    train_set = build_dataset(data.train_annotations, data.train_images, build_train_transforms(data), data.use_masks,
+                              categories=keep)
     if len(train_set) < config.batch_size * info.world_size:
         raise ConfigError(f"the training set has {len(train_set)} images, fewer than batch_size x processes "
                           f"= {config.batch_size * info.world_size}")
@@ -567,7 +569,8 @@ def build_loaders(config: TrainConfig, info: DistInfo):
     loader = _loader(train_set, sampler, config)
     val_loader = None
     if data.val_annotations:
-        val_set = build_dataset(data.val_annotations, data.val_images, build_val_transforms(data), data.use_masks)
+        val_set = build_dataset(data.val_annotations, data.val_images, build_val_transforms(data), data.use_masks,
+                                categories=train_set.category_names if keep else None)
         if val_set.category_names != train_set.category_names:
             raise ConfigError(f"'{data.val_annotations}' and '{data.train_annotations}' list different categories; "
                               f"the prompt list must be the same")

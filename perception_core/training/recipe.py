@@ -18,7 +18,9 @@ from ..config import (ConfigError, ModelConfig, deep_merge, from_dict, load_yaml
                       resolve_model_config_path)
 from .criterion import HybridMatching, LossConfig
 
-PROMPT_POLICIES = ("categories",)  # "categories": every category name of the dataset is a prompt
+# "categories": every category name of the training json is a prompt; "seen": only those with at
+# least one training annotation (held-out compositions stay unseen, even as negatives: zero-shot).
+PROMPT_POLICIES = ("categories", "seen")
 AMP_MODES = ("auto", "on", "off")  # auto: mixed precision on CUDA only
 
 
