@@ -20,6 +20,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# the whole suite unless PYTEST_ARGS names test files itself (make test PYTEST_ARGS="tests/test_x.py -x")
+TEST_PATHS = $(if $(filter tests/%,$(PYTEST_ARGS)),,tests)
 
 # Every pip call must see the constraints file: without it pip may swap the local CPU torch
 # wheel (/opt/wheels, via pip.conf find-links) for several GB of CUDA builds.
@@ -111,7 +113,7 @@ check-env: | $(PY)
 	@$(VENV)/bin/mobius --help >/dev/null
 
 test: setup
-	@rc=0; $(TEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS) tests || rc=$$?; \
+	@rc=0; $(TEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS) $(TEST_PATHS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; \
 	exit $$rc
 
