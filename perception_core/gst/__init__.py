@@ -1,0 +1,1 @@
+"""GStreamer front end: any source -> frame processor -> overlay -> any sink (`mobius gst`)."""
