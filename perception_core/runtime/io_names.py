@@ -13,3 +13,10 @@ INPUT_NAMES = ("images", "text_tokens", "text_mask", "text_pooled", "track_queri
 # (1, N, H/4, W/4) logits; query_embed (1, N, C) refined queries; kept_indices (N,) int64 into
 # [track queries, selected queries]; kept_per_layer (L,) int64. N varies with pruning.
 OUTPUT_NAMES = ("pred_logits", "pred_boxes", "pred_masks", "query_embed", "kept_indices", "kept_per_layer")
+
+# The kernel-reuse mask graph (runtime/export_kernels.py), a companion file `<model>.masks.onnx`:
+# images, text_tokens, text_mask as above; query_embed (1, N, C) refined queries of a keyframe.
+# Output pred_masks (1, N, H/4, W/4) logits: the keyframe's mask kernels applied to this frame's
+# mask features (backbone + pixel decoder only, no query selection and no transformer decoder).
+MASK_INPUT_NAMES = ("images", "text_tokens", "text_mask", "query_embed")
+MASK_OUTPUT_NAMES = ("pred_masks",)

@@ -29,3 +29,18 @@ def draw(frame: np.ndarray, instances: list[Instance], ids: list[int], names: li
         caption = f"{identity} {names[inst.label]} {inst.score:.2f}"
         cv2.putText(out, caption, (x1, max(10, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1, cv2.LINE_AA)
     return out
+
+
+def draw_result(frame: np.ndarray, result, alpha: float = 0.5) -> np.ndarray:
+    """RGB uint8 frame + processor.FrameResult -> a copy with masks, boxes and 'id label score'."""
+    out = frame.copy()
+    for inst in sorted(result.instances, key=lambda i: i.score):     # best blended last
+        color = np.array(color_for(inst.track_id), dtype=np.float32)
+        out[inst.mask] = (out[inst.mask] * (1 - alpha) + color * alpha).astype(np.uint8)
+    for inst in result.instances:
+        color = color_for(inst.track_id)
+        x1, y1, x2, y2 = (int(round(v)) for v in inst.box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, 1)
+        caption = f"{inst.track_id} {inst.label} {inst.score:.2f}"
+        cv2.putText(out, caption, (x1, max(10, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1, cv2.LINE_AA)
+    return out

@@ -61,3 +61,43 @@ def id_image(instances: list[Instance], ids: list[int], height: int, width: int)
     for index in np.argsort([inst.score for inst in instances]):  # low score first, best painted last
         image[instances[index].mask] = ids[index]
     return image
+
+
+def box_to_frame(box_cxcywh: np.ndarray, box: Letterbox) -> tuple[float, float, float, float]:
+    """(4,) cxcywh in [0, 1] of the network input -> x1, y1, x2, y2 in frame pixels (clipped)."""
+    cx, cy, w, h = np.asarray(box_cxcywh, dtype=np.float64) * box.size / box.scale
+    x1, y1 = np.clip([cx - w / 2, cy - h / 2], 0, [box.width, box.height])
+    x2, y2 = np.clip([cx + w / 2, cy + h / 2], 0, [box.width, box.height])
+    return float(x1), float(y1), float(x2), float(y2)
+
+
+def valid_mask_region(low: np.ndarray, box: Letterbox) -> np.ndarray:
+    """(..., S/4, S/4) stride-4 maps -> the part covering the frame (letterbox padding cut off)."""
+    rows, cols = box.valid
+    height, width = low.shape[-2:]
+    return low[..., :max(1, round(rows * height / box.size)), :max(1, round(cols * width / box.size))]
+
+
+def mask_to_frame(low_logits: np.ndarray, box: Letterbox) -> np.ndarray:
+    """(S/4, S/4) mask logits of the network input -> (H, W) bool at frame resolution."""
+    crop = valid_mask_region(low_logits, box)
+    return cv2.resize(np.ascontiguousarray(crop, dtype=np.float32), (box.width, box.height),
+                      interpolation=cv2.INTER_LINEAR) > 0
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    """Tight x1, y1, x2, y2 (pixel edges) of a bool mask; None when the mask is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """(H, W) bool -> COCO compressed RLE {'size': [H, W], 'counts': str} (JSON-ready)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle

@@ -1,0 +1,64 @@
+"""Analytic FLOPs of the transformer decoder for one frame, from the queries each layer processed.
+
+Counts what `model/flops.py` counts (matmuls, linear layers, grid_sample taps; 2 FLOPs per MAC) for
+the deployment graph: per layer the query MLP of the position embedding, self-attention, deformable
+cross-attention (value projection of the memory, offsets, weights, sampling, output projection),
+FFN, box refinement and class logits; masks (mask embedding MLP and q . M) after the last layer.
+Query selection is not included. Accuracy against FlopCounterMode is tested in tests/test_processor.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+GIGA = 1e9
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    dim: int              # C
+    ffn_dim: int          # FFN hidden width
+    heads: int
+    points: int           # sampling points per head and level
+    levels: int           # memory levels the decoder attends to (1 for MOBIUS)
+    memory_tokens: int    # S: tokens of the memory (bottleneck at stride 16: (size/16)^2)
+    mask_pixels: int      # (size/4)^2
+
+    @staticmethod
+    def from_config(cfg, size: int) -> "DecoderShape":
+        stride = cfg.pixel_decoder.bottleneck_stride
+        # as model.build.memory_levels (not imported: that pulls in torch)
+        levels = 1 if not cfg.decoder.multi_scale else (3 if cfg.pixel_decoder.type == "rtdetr" else 4)
+        tokens = sum((size // s) ** 2 for s in ((8, 16, 32, 64)[:levels] if levels > 1 else (stride,)))
+        dec = cfg.decoder
+        return DecoderShape(cfg.hidden_dim, dec.ffn_dim, dec.heads, dec.points, levels, tokens, (size // 4) ** 2)
+
+
+def layer_flops(shape: DecoderShape, queries: int, prompts: int) -> float:
+    """One decoder layer step on `queries` queries (class logits against `prompts` prompts)."""
+    n, c = queries, shape.dim
+    samples = shape.heads * shape.levels * shape.points
+    macs = n * (2 * c * c + c * c)                     # ref_point_head MLP(2C, C, C)
+    macs += 4 * n * c * c + 2 * n * n * c              # self-attention projections, QK^T and AV
+    macs += shape.memory_tokens * c * c                # value projection of the memory
+    macs += n * c * samples * 3 + n * c * c            # offsets (x, y), weights, output projection
+    macs += 4 * n * c * shape.levels * shape.points    # bilinear taps (grid_sample)
+    macs += n * c * shape.levels * shape.points        # attention-weighted sum
+    macs += 2 * n * c * shape.ffn_dim                  # FFN
+    macs += n * (2 * c * c + 4 * c)                    # box head MLP(C, C, 4)
+    macs += n * (c * c + prompts * c)                  # classifier projection and cosine logits
+    return 2.0 * macs
+
+
+def mask_flops(shape: DecoderShape, queries: int) -> float:
+    """Mask embedding MLP(C, C, C) and q . M on `queries` queries."""
+    return 2.0 * queries * (3 * shape.dim * shape.dim + shape.dim * shape.mask_pixels)
+
+
+def decoder_gflops(shape: DecoderShape, kept_per_layer: Sequence[int], prompts: int) -> float:
+    """GFLOPs of one decoded frame; masks are computed for the queries leaving the last layer."""
+    kept = [int(k) for k in kept_per_layer]
+    if not kept:
+        return 0.0
+    total = sum(layer_flops(shape, n, prompts) for n in kept)
+    return (total + mask_flops(shape, kept[-1])) / GIGA

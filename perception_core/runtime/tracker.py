@@ -1,0 +1,237 @@
+"""Tracking by query propagation (MobileInst Sec. 3.2-3.4) with a track life cycle.
+
+Queries are good trackers: the refined query (query_embed) and box of every confirmed track that was
+seen at frame t are fed to the decoder at frame t+1 as extra queries (`track_queries` /
+`track_boxes`), before the language-selected ones. Output row i that came from carried query j
+(kept_indices[i] == j < num_prefix) continues that track when its score stays >= keep_score.
+
+Everything else is associated by the Hungarian algorithm (scipy) to the tracks not continued this
+way (tentative, lost, or confirmed ones whose carried query faded) on a similarity that mixes the
+cosine similarity of query embeddings and mask IoU. Leftover detections start tentative tracks.
+
+Life cycle:  tentative --(confirm_hits matches in a row)--> confirmed --(missed)--> lost
+             lost --(matched again within max_age frames)--> confirmed;  lost > max_age -> removed
+             tentative --(missed once)--> removed
+Track ids start at 1, increase, and are never reused (not even after reset()).
+
+The tracker works on `Detection`s (numpy only), so it can be driven by synthetic detections.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+TENTATIVE, CONFIRMED, LOST = "tentative", "confirmed", "lost"
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    keep_score: float = 0.3            # a carried query continues its track while its score >= this
+    confirm_hits: int = 2              # matches in a row that confirm a tentative track
+    max_age: int = 30                  # frames a lost track waits for re-identification before removal
+    embedding_weight: float = 0.5      # similarity = w * cosine(query embeddings) + (1 - w) * mask IoU
+    match_threshold: float = 0.35      # lowest similarity the Hungarian association accepts
+    duplicate_iou: float = 0.7         # a new detection overlapping an accepted one this much is dropped
+    max_track_queries: int = 100       # at most this many tracks are carried into the next frame
+
+    def __post_init__(self) -> None:
+        for name in ("keep_score", "embedding_weight", "match_threshold", "duplicate_iou"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"TrackerConfig.{name}={value} must be in [0, 1]")
+        for name in ("confirm_hits", "max_age", "max_track_queries"):
+            if getattr(self, name) < (1 if name == "confirm_hits" else 0):
+                raise ValueError(f"TrackerConfig.{name}={getattr(self, name)} is out of range")
+
+
+@dataclass
+class Detection:
+    """One instance proposed for a frame.
+
+    score: confidence in [0, 1]; label: prompt index; mask: (h, w) bool at any resolution that is the
+    same for every frame (used for IoU); embedding: (C,) refined query; query_box: (4,) cxcywh in
+    [0, 1] of the network input (fed back with the query); prefix: index into the track queries that
+    were fed this frame if the row came from one, else None; payload: anything the caller needs back.
+    """
+    score: float
+    label: int
+    mask: np.ndarray
+    embedding: np.ndarray
+    query_box: np.ndarray
+    prefix: int | None = None
+    payload: Any = None
+
+
+@dataclass
+class Track:
+    track_id: int
+    state: str
+    first_frame: int
+    last_frame: int
+    hits: int
+    detection: Detection
+
+    @property
+    def embedding(self) -> np.ndarray:
+        return self.detection.embedding
+
+
+@dataclass
+class TrackOutput:
+    """A track reported for the current frame with the detection that updated it."""
+    track_id: int
+    detection: Detection
+    age: int                            # frames since the track was created
+
+
+@dataclass
+class Tracker:
+    config: TrackerConfig = field(default_factory=TrackerConfig)
+
+    def __post_init__(self) -> None:
+        self._next_id = 1
+        self.tracks: list[Track] = []
+        self._fed: list[int] = []       # track ids of the queries handed out by track_queries()
+        self._updates = 0               # update() calls since the start or reset()
+        self._frame = -1                # frame index of the last update()
+
+    def reset(self) -> None:
+        """Forget every track (a new video); ids keep increasing."""
+        self.tracks, self._fed, self._updates, self._frame = [], [], 0, -1
+
+    def track_queries(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Queries to feed with the next frame: (1, Nt, C) embeddings and (1, Nt, 4) boxes of the
+        confirmed tracks seen in the last update (most recently created last). Remembers the order."""
+        carried = [t for t in self.tracks if t.state == CONFIRMED and t.last_frame == self._frame]
+        carried = carried[-self.config.max_track_queries:] if self.config.max_track_queries else []
+        self._fed = [t.track_id for t in carried]
+        if not carried:
+            return np.zeros((1, 0, dim), np.float32), np.zeros((1, 0, 4), np.float32)
+        queries = np.stack([t.embedding for t in carried]).astype(np.float32)[None]
+        boxes = np.stack([t.detection.query_box for t in carried]).astype(np.float32)[None]
+        return queries, boxes
+
+    def update(self, detections: Sequence[Detection], frame: int | None = None) -> list[TrackOutput]:
+        """Associates one frame's detections; returns the tracks to report, best score first.
+
+        frame: the frame index (increasing; gaps allowed, e.g. keyframes only); default previous + 1.
+        """
+        frame = self._frame + 1 if frame is None else int(frame)
+        if frame <= self._frame:
+            raise ValueError(f"frame index {frame} must increase (last was {self._frame}); call reset() "
+                             f"before a new video")
+        self._updates, self._frame = self._updates + 1, frame
+        by_id = {t.track_id: t for t in self.tracks}
+        matched: dict[int, Detection] = {}
+        continued = self._continued(detections, by_id)
+        self._fed = []                  # the carried queries are used up; track_queries() hands out new ones
+        matched.update(continued)
+        fresh = self._deduplicate([d for d in detections if d.prefix is None], list(continued.values()))
+        candidates = [t for t in self.tracks if t.track_id not in matched]
+        pairs, unmatched = self._associate(fresh, candidates)
+        matched.update(pairs)
+        for detection in unmatched:
+            track = Track(self._next_id, TENTATIVE, frame, frame, 0, detection)
+            self._next_id += 1
+            self.tracks.append(track)
+            matched[track.track_id] = detection
+        self._advance(matched, frame)
+        return self._report(matched, frame)
+
+    # ------------------------------------------------------------------ steps of update()
+
+    def _continued(self, detections: Sequence[Detection], by_id: dict[int, Track]) -> dict[int, Detection]:
+        """Rows that came from carried queries and kept their score: {track id: detection}."""
+        continued: dict[int, Detection] = {}
+        for detection in sorted((d for d in detections if d.prefix is not None), key=lambda d: -d.score):
+            if not 0 <= detection.prefix < len(self._fed) or detection.score < self.config.keep_score:
+                continue
+            track_id = self._fed[detection.prefix]
+            if track_id in by_id and track_id not in continued:
+                continued[track_id] = detection
+        return continued
+
+    def _deduplicate(self, fresh: list[Detection], accepted: list[Detection]) -> list[Detection]:
+        """Drops new detections that mostly cover an already accepted one (best score wins)."""
+        kept: list[Detection] = []
+        for detection in sorted(fresh, key=lambda d: -d.score):
+            if all(mask_iou(detection.mask, other.mask) <= self.config.duplicate_iou for other in accepted + kept):
+                kept.append(detection)
+        return kept
+
+    def _associate(self, fresh: list[Detection], candidates: list[Track]) -> tuple[dict[int, Detection], list[Detection]]:
+        """Hungarian assignment on 1 - similarity; pairs below match_threshold are rejected."""
+        if not fresh or not candidates:
+            return {}, fresh
+        from scipy.optimize import linear_sum_assignment
+
+        similarity = self.similarity(fresh, [t.detection for t in candidates])
+        rows, cols = linear_sum_assignment(1.0 - similarity)
+        pairs, used = {}, set()
+        for row, col in zip(rows, cols):
+            if similarity[row, col] >= self.config.match_threshold:
+                pairs[candidates[col].track_id] = fresh[row]
+                used.add(row)
+        return pairs, [d for i, d in enumerate(fresh) if i not in used]
+
+    def similarity(self, detections: list[Detection], previous: list[Detection]) -> np.ndarray:
+        """(D, T): w * cosine(embeddings) + (1 - w) * mask IoU, cosine clipped to [0, 1]."""
+        a = np.stack([d.embedding for d in detections]).astype(np.float64)
+        b = np.stack([d.embedding for d in previous]).astype(np.float64)
+        a /= np.linalg.norm(a, axis=1, keepdims=True) + 1e-12
+        b /= np.linalg.norm(b, axis=1, keepdims=True) + 1e-12
+        cosine = np.clip(a @ b.T, 0.0, 1.0)
+        iou = mask_iou_matrix([d.mask for d in detections], [d.mask for d in previous])
+        weight = self.config.embedding_weight
+        return weight * cosine + (1.0 - weight) * iou
+
+    def _advance(self, matched: dict[int, Detection], frame: int) -> None:
+        """Life-cycle transitions for every track after association."""
+        survivors = []
+        for track in self.tracks:
+            detection = matched.get(track.track_id)
+            if detection is not None:
+                track.hits += 1                             # tentative tracks are never missed
+                track.detection, track.last_frame = detection, frame
+                if track.state == LOST or (track.state == TENTATIVE and track.hits >= self.config.confirm_hits):
+                    track.state = CONFIRMED
+            elif track.state == TENTATIVE:
+                continue                                    # a missed tentative track is dropped
+            else:
+                track.state = LOST
+                if frame - track.last_frame > self.config.max_age:
+                    continue                                # lost for too long: removed
+            survivors.append(track)
+        self.tracks = survivors
+
+    def _report(self, matched: dict[int, Detection], frame: int) -> list[TrackOutput]:
+        """Confirmed tracks seen now; tentative ones too during the first confirm_hits updates of a
+        video (so objects of the first frame are reported at once)."""
+        start = self._updates <= self.config.confirm_hits
+        out = [TrackOutput(t.track_id, t.detection, frame - t.first_frame) for t in self.tracks
+               if t.track_id in matched and (t.state == CONFIRMED or start)]
+        return sorted(out, key=lambda o: -o.detection.score)
+
+    def update_query_box(self, track_id: int, query_box: np.ndarray) -> None:
+        """Moves the box carried with a track's query (kernel reuse: boxes from the reused masks)."""
+        for track in self.tracks:
+            if track.track_id == track_id:
+                track.detection.query_box = np.asarray(query_box, dtype=np.float32)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def mask_iou_matrix(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    """(len(a), len(b)) IoU of bool masks of one shape, as a matmul of flattened masks."""
+    if not a or not b or any(m.shape != a[0].shape for m in a + b):
+        return np.zeros((len(a), len(b)))           # masks of another frame size: no overlap
+    fa = np.stack([m.reshape(-1) for m in a]).astype(np.float32)
+    fb = np.stack([m.reshape(-1) for m in b]).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
