@@ -20,7 +20,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("perception_core.training.train_command", "train a model from a recipe"),
     "eval": ("perception_core.evaluation.eval_command", "COCO box/mask AP and calibration"),
     "eval-video": ("perception_core.evaluation.eval_video_command", "video AP, HOTA, IDF1, ID switches"),
-    "eval-video": ("perception_core.evaluation.eval_video_command", "video AP, HOTA, IDF1, ID switches"),
     "demo": ("perception_core.demo", "end-to-end demo on a generated sample clip"),
     "infer": ("perception_core.infer", "segment and track a video, image folder or image; overlay + results json"),
     "bench": ("perception_core.bench_command", "runtime latency per stage: onnxruntime vs torch, threads, kernel reuse"),
