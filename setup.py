@@ -46,6 +46,9 @@ def data_files() -> list[tuple[str, list[str]]]:
         (f"share/{PACKAGE_NAME}/launch", sorted(glob("launch/*.launch.py"))),
         (f"share/{PACKAGE_NAME}/config", sorted(glob("config/*.yaml"))),
         (f"share/{PACKAGE_NAME}/config/models", sorted(glob("config/models/*.yaml"))),
+        # the per-instance record messages (mobius_ros/messages.py reads them; a mobius_msgs
+        # ament_cmake package can compile them, see package.xml)
+        (f"share/{PACKAGE_NAME}/msg", sorted(glob("msg/*.msg"))),
     ]
     return [(target, files) for target, files in entries if files]
 
@@ -91,6 +94,7 @@ setup(
         "console_scripts": [
             "mobius = perception_core.cli:main",
             "mobius-segment = mobius_ros.segment_node:main",
+            "mobius-ros-demo = mobius_ros.demo:main",
         ],
     },
 )
