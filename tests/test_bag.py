@@ -16,7 +16,7 @@ from rosbags.rosbag2 import Reader, Writer
 from perception_core.bag import messages
 from perception_core.bag.evaluate import BagEvalConfig, evaluate_bag
 from perception_core.bag.reader import SkipLog, ground_truth_from_topic, open_bag, read_frames
-from perception_core.bag.results import ID_IMAGE_TOPIC, RECORDS_TOPIC, TrackResults
+from perception_core.bag.results import ID_IMAGE_TOPIC, RECORDS_TOPIC
 from perception_core.bag.sample import (COMPRESSED_TOPIC, GROUND_TRUTH_TOPIC, IMAGE_TOPIC, SampleConfig,
                                         make_sample, storage_plugin)
 from perception_core.cli import main as mobius
@@ -107,29 +107,28 @@ def test_make_sample_round_trips(sample, clip):
                 assert np.array_equal(decode(from_json["segmentations"][t]), track["masks"][t])
 
 
-def test_eval_metrics_equal_the_evaluation_module_on_the_same_frames(sample, clip, tiny, tmp_path):
-    from perception_core.evaluation.video_eval import evaluate_video
-    from perception_core.runtime.processor import FrameProcessor
-
+def test_eval_metrics_equal_mobius_eval_video_on_the_same_frames(sample, tiny, tmp_path, capsys):
+    """bag path (rgb8 topic, ground truth from the bag's topic) == eval-video path (the PNG frames and
+    the json ground truth written beside the bag): the same results and the same metrics."""
     bag, gt_json = sample
     out = tmp_path / "result"
     assert mobius(["bag", "eval", str(bag), "--topic", IMAGE_TOPIC, "--out", str(out), *model_args(tiny)]) == 0
     summary = json.loads((tmp_path / "result_metrics.json").read_text())
     results = json.loads((tmp_path / "result_results.json").read_text())
     assert summary["frames"] == FRAMES and summary["skipped"] == {}
-    # the same frames straight from the generator, the same processor, the json ground truth
     truth = json.loads(gt_json.read_text())
     names = {c["id"]: c["name"] for c in truth["categories"]}
-    present = sorted({a["category_id"] for a in truth["annotations"]})
-    assert summary["prompts"] == [names[c] for c in present]
-    processor = FrameProcessor(processor_config(tiny), summary["prompts"])
-    direct = TrackResults(FRAMES, {names[c]: c for c in present})
-    frames, _ = clip
-    for t, frame in enumerate(frames):
-        direct.add(t, processor.process(frame, SAMPLE.start_ns / 1e9 + t / 10).instances)
-    assert direct.results() == results and results, "no tracks: the comparison would be vacuous"
-    expected = evaluate_video(gt_json, direct.results(), category_ids=present)
-    assert summary["metrics"] == json.loads(json.dumps(expected))
+    assert summary["prompts"] == [names[c] for c in sorted({a["category_id"] for a in truth["annotations"]})]
+    capsys.readouterr()
+    video_results = tmp_path / "eval_video_results.json"
+    assert mobius(["eval-video", "--data", str(gt_json), "--weights", str(tiny["weights"]), "--preset",
+                   str(tiny["preset"]), "--size", str(tiny["size"]), "--threads", "1", "--score-threshold",
+                   str(THRESHOLD), "--prompts", ",".join(summary["prompts"]), "--save-results", str(video_results),
+                   "--json", "--quiet"]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert results and json.loads(video_results.read_text()) == results, "same frames, same tracks"
+    assert summary["metrics"]["video_ap"] == expected["video_ap"]
+    assert summary["metrics"]["tracking"] == expected["tracking"]
     assert set(summary["latency_ms"]) >= {"p50", "p90", "p99"}
 
 
@@ -219,6 +218,7 @@ def test_make_sample_cli_writes_both_storages(tmp_path):
         assert mobius(["bag", "make-sample", "--out", str(out), "--storage", storage, "--frames", "3",
                        "--size", "64", "96"]) == 0
         assert len(list(out.glob(f"*{suffix}"))) == 1
+        assert len(list((tmp_path / f"{storage}_frames").glob("*.png"))) == 3
         with Reader(out) as reader:
             assert {c.topic: c.msgcount for c in reader.connections} == {
                 IMAGE_TOPIC: 3, COMPRESSED_TOPIC: 3, GROUND_TRUTH_TOPIC: 3}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from . import messages, reader
 from .reader import SkipLog
-from .results import ResultBagWriter, TrackResults
+from .results import ResultBagWriter
 from .sample import IMAGE_TOPIC
 
 
@@ -94,6 +95,34 @@ def _prompts_and_categories(config: BagEvalConfig, truth: dict | None) -> tuple[
     return prompts, mapping
 
 
+class _Collector:
+    """runtime.ytvis_results over a video whose frames may be missing (skipped messages) or carry
+    prompts that are no ground-truth category (left out of the results)."""
+
+    def __init__(self, length: int, label_to_category: dict[str, int], video_id: int):
+        from ..runtime.ytvis_results import YtvisResults
+
+        self.length, self.mapping = length, label_to_category
+        self.ytvis = YtvisResults(video_id, label_to_category)
+
+    def _add(self, instances: list) -> None:
+        self.ytvis.add(SimpleNamespace(instances=[i for i in instances if i.label in self.mapping]))
+
+    def add(self, index: int | None, instances: list) -> bool:
+        """Frame `index` of the video; False when it has no place (no such frame, or seen already)."""
+        if index is None or not self.ytvis.num_frames <= index < self.length:
+            return False
+        while self.ytvis.num_frames < index:  # frames lost to skipped messages: nothing found there
+            self._add([])
+        self._add(instances)
+        return True
+
+    def results(self) -> list[dict]:
+        while self.ytvis.num_frames < self.length:
+            self._add([])
+        return self.ytvis.to_list()
+
+
 def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:
     if not latencies_ms:
         return {}
@@ -118,7 +147,7 @@ def evaluate_bag(bag: str | Path, out_bag: str | Path, config: BagEvalConfig,
         processor = FrameProcessor(processor_config, prompts)
         total = reader.count_messages(bag_reader, config.topic)
         video = truth["videos"][0] if truth else {"id": 1, "length": total}
-        tracks = TrackResults(int(video["length"]), mapping, int(video["id"]))
+        collector = _Collector(int(video["length"]), mapping, int(video["id"]))
         frames, unmatched, latencies = 0, 0, []
         with ResultBagWriter(out_bag, config.storage or reader.storage_of(bag)) as writer:
             bar = tqdm(reader.read_frames(bag_reader, config.topic, skipped), total=total, desc="frames",
@@ -129,14 +158,12 @@ def evaluate_bag(bag: str | Path, out_bag: str | Path, config: BagEvalConfig,
                 writer.write(frame, result, prompts)
                 frames += 1
                 index = _frame_index(video, frame) if truth else frame.index
-                if index is None:
+                if not collector.add(index, result.instances):
                     unmatched += 1
-                else:
-                    tracks.add(index, result.instances)
     finally:
         bag_reader.close()
     video.pop("_lookup", None)
-    results = tracks.results()
+    results = collector.results()
     metrics = None
     if truth is not None and mapping:
         metrics = evaluate_video(truth, results, category_ids=sorted(set(mapping.values())))

@@ -6,8 +6,10 @@ Topics (all stamped with the same header per frame, `fps` apart):
     /camera/image_raw/compressed    sensor_msgs/msg/CompressedImage (jpeg)
     /ground_truth                   mobius_msgs/msg/GroundTruthFrame (masks as COCO RLE)
 
-and next to the bag a YouTube-VIS json of the same ground truth (`<bag>_gt.json`, one video whose
-record also lists the frame stamps in `stamps_ns`, so frames pair with bag messages by stamp).
+and next to the bag the same clip as a one-video YouTube-VIS dataset: `<bag>_gt.json` (its video
+record also lists the frame stamps in `stamps_ns`, so frames pair with bag messages by stamp) and
+the frames as lossless PNG files in `<bag>_frames/` (the json's info.video_root), so that
+`mobius eval-video --data <bag>_gt.json` sees exactly the pixels of the rgb8 topic.
 """
 from __future__ import annotations
 
@@ -59,20 +61,29 @@ def _frame_objects(tracks: list[dict], t: int, names: dict[int, str]) -> list[di
             for tr in tracks if tr["masks"][t] is not None]
 
 
-def youtube_vis(name: str, frames: list[np.ndarray], tracks: list[dict], stamps: list[int]) -> dict:
-    """The clip's ground truth as a one-video YouTube-VIS json (same layout as `mobius data synth`)."""
+def frames_path(bag: str | Path) -> Path:
+    """Where make-sample writes the PNG frames of a bag: <bag>_frames/ beside it."""
+    bag = Path(bag)
+    return bag.with_name(bag.name + "_frames")
+
+
+def youtube_vis(name: str, frames: list[np.ndarray], tracks: list[dict], stamps: list[int],
+                video_root: str) -> dict:
+    """The clip's ground truth as a one-video YouTube-VIS json (same layout as `mobius data synth`);
+    file_names are f"{t:05d}.png" under video_root."""
     from ..training.synth.vocabulary import categories
     from ..training.synth.writer import encode_mask
 
     height, width = frames[0].shape[:2]
-    video = {"id": 1, "name": name, "file_names": [f"{name}/{t:05d}" for t in range(len(frames))],
+    video = {"id": 1, "name": name, "file_names": [f"{t:05d}.png" for t in range(len(frames))],
              "height": height, "width": width, "length": len(frames), "stamps_ns": stamps}
     annotations = [{"id": index + 1, "video_id": 1, "category_id": tr["category_id"], "track_id": tr["track_id"],
                     "segmentations": [None if m is None else encode_mask(m) for m in tr["masks"]],
                     "bboxes": tr["bboxes"], "areas": tr["areas"], "iscrowd": 0, "height": height,
                     "width": width, "length": len(frames), "attributes": tr["attributes"]}
                    for index, tr in enumerate(tracks)]
-    return {"info": {"description": "MOBIUS sample bag ground truth (mobius bag make-sample)"},
+    return {"info": {"description": "MOBIUS sample bag ground truth (mobius bag make-sample)",
+                     "video_root": video_root},
             "videos": [video], "annotations": annotations, "categories": categories()}
 
 
@@ -96,8 +107,18 @@ def _write_bag(out: Path, config: SampleConfig, frames: list[np.ndarray], tracks
             writer.write(truth, stamp, store.serialize_cdr(gt, messages.GROUND_TRUTH_FRAME))
 
 
+def _write_frames(folder: Path, frames: list[np.ndarray]) -> None:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, frame in enumerate(frames):
+        if not cv2.imwrite(str(folder / f"{t:05d}.png"), frame[:, :, ::-1]):
+            raise OSError(f"could not write frame '{folder / f'{t:05d}.png'}'")
+
+
 def make_sample(out: str | Path, config: SampleConfig = SampleConfig()) -> tuple[Path, Path]:
-    """Generates the clip and writes the bag `out` (a new folder) and its json; returns both paths."""
+    """Generates the clip and writes the bag `out` (a new folder), its json and PNG frames; returns
+    (bag, json)."""
     import json
 
     from ..training.synth.config import make_config
@@ -117,6 +138,7 @@ def make_sample(out: str | Path, config: SampleConfig = SampleConfig()) -> tuple
     stamps = [config.start_ns + round(t * 1e9 / config.fps) for t in range(len(frames))]
     names = {c["id"]: c["name"] for c in categories()}
     _write_bag(out, config, frames, tracks, stamps, names)
+    _write_frames(frames_path(out), frames)
     gt_path = ground_truth_path(out)
-    gt_path.write_text(json.dumps(youtube_vis(out.name, frames, tracks, stamps)))
+    gt_path.write_text(json.dumps(youtube_vis(out.name, frames, tracks, stamps, frames_path(out).name)))
     return out, gt_path
