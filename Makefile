@@ -117,8 +117,10 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; \
 	exit $$rc
 
+# The ROS main job: camera publisher -> mobius_segmenter lifecycle node -> overlay recorder, in one
+# process over real DDS topics (mobius_ros/demo.py). `mobius demo` is the same clip without ROS.
 demo: setup
-	$(VENV)/bin/mobius demo
+	$(ROS_ENV) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m mobius_ros.demo
 
 bench: setup
 	$(TEST_ENV) $(PY) bench/run_all.py
