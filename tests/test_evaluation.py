@@ -245,15 +245,24 @@ def test_mobius_eval_torch_on_a_generated_split(tiny_split, capsys, tmp_path):
 
 
 def test_mobius_eval_onnx_finds_what_torch_finds(tiny_split, capsys, tmp_path):
-    from perception_core.model.build import build_from_name, load_weights
-    from perception_core.runtime.export import export_onnx
+    """The shipped model's ONNX and weights when they exist (no export needed), else the tiny model
+    exported here."""
+    from perception_core import assets
 
     root, data = tiny_split
-    assert torch_eval(capsys, root, data, tmp_path / "torch.json")[0] == 0
-    model = load_weights(build_from_name(str(root / "tiny.yaml")), root / "tiny.safetensors")
-    onnx_path = export_onnx(model, tmp_path / "tiny.onnx", 128)
-    code, out, err = run_eval(capsys, "--onnx", str(onnx_path), "--preset", str(root / "tiny.yaml"),
-                              "--data", str(data), "--threads", "1", "--save-detections", str(tmp_path / "onnx.json"))
+    if assets.ONNX.is_file() and assets.WEIGHTS.is_file():
+        onnx_path, weights, preset, size = assets.ONNX, assets.WEIGHTS, assets.PRESET, assets.SIZE
+    else:
+        from perception_core.model.build import build_from_name, load_weights
+        from perception_core.runtime.export import export_onnx
+
+        weights, preset, size = root / "tiny.safetensors", root / "tiny.yaml", 128
+        onnx_path = export_onnx(load_weights(build_from_name(str(preset)), weights), tmp_path / "tiny.onnx", size)
+    common = ["--preset", str(preset), "--data", str(data), "--threads", "1"]
+    code, _, err = run_eval(capsys, "--weights", str(weights), "--size", str(size), *common,
+                            "--save-detections", str(tmp_path / "torch.json"))
+    assert code == 0, err
+    code, _, err = run_eval(capsys, "--onnx", str(onnx_path), *common, "--save-detections", str(tmp_path / "onnx.json"))
     assert code == 0, err
     onnx_dets = json.loads((tmp_path / "onnx.json").read_text())
     torch_dets = json.loads((tmp_path / "torch.json").read_text())
@@ -275,3 +284,22 @@ def test_mobius_eval_reports_clear_errors(tiny_split, capsys, tmp_path):
     assert code == 2 and "purple unicorn" in err
     code, _, err = run_eval(capsys, *weights, "--data", str(data), "--images", str(tmp_path))
     assert code == 2 and "missing under" in err
+
+
+def test_record_writes_its_entry_and_keeps_the_others(tmp_path, tiny_split, capsys):
+    from perception_core.evaluation.record import image_summary, record_metrics
+
+    info = tmp_path / "model.json"
+    info.write_text(json.dumps({"preset": "mobius_nano", "step": 7, "metrics": {"eval-video val": {"HOTA": 0.5}}}))
+    metrics = score(GT, perfect_detections(GT), GT["categories"], holdout=["red star"])
+    record_metrics("eval val", image_summary({**metrics, "model": "x"}, "val.json"), info)
+    written = json.loads(info.read_text())
+    assert written["step"] == 7 and written["metrics"]["eval-video val"] == {"HOTA": 0.5}
+    entry = written["metrics"]["eval val"]
+    assert entry["mask_AP"] == pytest.approx(1.0) and entry["ece_box_iou"] == pytest.approx(0.0)
+    assert entry["holdout_mask_AP"] == pytest.approx(1.0) and entry["holdout_compositions"] == ["red star"]
+    with pytest.raises(FileNotFoundError, match="ship a model first"):
+        record_metrics("eval val", {}, tmp_path / "absent.json")
+    root, data = tiny_split
+    code, _, err = run_eval(capsys, "--weights", str(root / "tiny.safetensors"), "--data", str(data), "--record")
+    assert code == 2 and "shipped model" in err

@@ -9,6 +9,7 @@
     tracking_metrics.py    HOTA, DetA, AssA, IDF1, ID switches via trackeval
     video_eval.py          YouTube-VIS ground truth + results json -> video AP and tracking metrics
     eval_video_command.py  `mobius eval-video`
+    record.py              --record: the numbers into the shipped model's model.json (model card)
 
 Modules import their heavy dependencies (torch, trackeval, matplotlib) only where needed.
 """

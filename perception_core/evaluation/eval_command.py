@@ -42,8 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.add_argument("--calibration-plot", metavar="PNG", help="write a reliability diagram")
+    parser.add_argument("--calibration-matching", choices=("best", "greedy"), default="best",
+                        help="detection -> gt matching for the ECE: best IoU of the same category (default) "
+                             "or one-to-one by confidence (duplicates get IoU 0)")
+    parser.add_argument("--calibration-min-score", type=float, default=0.0,
+                        help="ECE over detections with at least this confidence (default 0: all top-k)")
     parser.add_argument("--save-detections", metavar="JSON", help="write the detections as a COCO results json")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--record", action="store_true",
+                        help="store the numbers in the shipped model's model.json (shipped model only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -80,9 +87,10 @@ def holdout_names(data: dict, holdout: str | None) -> list[str]:
 
 
 def score(ground_truth: dict, detections: Sequence, categories: Sequence[dict], holdout: Sequence[str] = (),
-          image_ids: Sequence[int] | None = None) -> dict:
+          image_ids: Sequence[int] | None = None, matching: str = "best", min_score: float = 0.0) -> dict:
     """All metrics of `detections` over the prompted `categories`: COCO box/mask AP, per-category
-    AP, ECE against mask and box IoU, and AP over held-out and other compositions."""
+    AP, ECE against mask and box IoU (calibration.py: `matching`, detections >= `min_score`), and
+    AP over held-out and other compositions."""
     from .calibration import calibration
     from .coco_eval import evaluate_coco
 
@@ -102,7 +110,8 @@ def score(ground_truth: dict, detections: Sequence, categories: Sequence[dict], 
                "per_category": {names[c]: {"box_AP": box_ap[c], "mask_AP": mask_ap.get(c)} for c in category_ids},
                "calibration": {}}
     for kind in (("mask", "box") if has_masks else ("box",)):
-        metrics["calibration"][kind] = calibration(gt, detections, iou_kind=kind).to_dict()
+        metrics["calibration"][kind] = {**calibration(gt, detections, kind, matching, min_score=min_score).to_dict(),
+                                        "min_score": min_score}
     held = [c for c in category_ids if names[c] in set(holdout)]
     if holdout:
         seen = [c for c in category_ids if c not in held]
@@ -129,7 +138,8 @@ def format_table(metrics: dict) -> str:
             lines.append(f"{label:6}" + "".join(f"{_fmt(stats[n]):>7}" for n in
                                                  ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")))
     for kind, result in metrics["calibration"].items():
-        lines.append(f"ECE (confidence vs {kind} IoU, {result['bins']} bins, n={result['n']}): {result['ece']:.4f}")
+        lines.append(f"ECE (confidence vs {kind} IoU, {result['matching']} match, {result['bins']} bins, "
+                     f"n={result['n']} with score >= {result['min_score']:g}): {result['ece']:.4f}")
     holdout = metrics.get("holdout")
     if holdout:
         lines.append(f"held-out compositions: {', '.join(holdout['compositions']) or 'none prompted'}")
@@ -169,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.datasets import annotation_format, check_image_files, read_annotation_file
     from .detections import coco_results
     from .predict import predict_coco
+    from .record import is_shipped_model
 
     try:
         data = read_annotation_file(args.data)
@@ -176,9 +187,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"'{args.data}' is YouTube-VIS json; use 'mobius eval-video --data {args.data}'")
         if args.top_k < 1 or (args.limit is not None and args.limit < 1):
             raise ValueError("--top-k and --limit must be >= 1")
+        if not 0.0 <= args.calibration_min_score <= 1.0:
+            raise ValueError(f"--calibration-min-score {args.calibration_min_score} must be in [0, 1]")
         categories = choose_categories(data, args.prompts)
         holdout = holdout_names(data, args.holdout)
         image_root = Path(args.images) if args.images else default_image_root(args.data)
+        if args.record and not is_shipped_model(args.weights, args.onnx):
+            raise ValueError("--record stores numbers in the shipped model's model.json; it needs the shipped "
+                             "model (no --weights/--onnx, or the shipped files)")
         check_image_files(image_root, [r["file_name"] for r in data["images"][:args.limit]], args.data)
         runner = build_runner(args)
     except (FileNotFoundError, ValueError) as error:  # DatasetError and ConfigError are ValueErrors
@@ -188,13 +204,20 @@ def run(args: argparse.Namespace) -> int:
                                      [int(c["id"]) for c in categories], args.top_k, args.limit,
                                      progress=not args.quiet)
     image_ids = [d.image_id for d in detections] if args.limit else None
-    metrics = {**score(data, detections, categories, holdout, image_ids), **stats}
+    metrics = {**score(data, detections, categories, holdout, image_ids, args.calibration_matching,
+                       args.calibration_min_score), **stats}
     if args.save_detections:
         Path(args.save_detections).write_text(json.dumps(coco_results(detections, "both")))
     if args.calibration_plot:
         from .calibration import calibration, reliability_diagram
 
-        results = [calibration(data, detections, iou_kind=kind) for kind in metrics["calibration"]]
+        results = [calibration(data, detections, kind, args.calibration_matching,
+                               min_score=args.calibration_min_score) for kind in metrics["calibration"]]
         reliability_diagram(results, args.calibration_plot, f"{runner.description} on {Path(args.data).name}")
     print(json.dumps(metrics, indent=2) if args.json else format_table(metrics))
+    if args.record:
+        from .record import image_summary, record_metrics, split_name
+
+        path = record_metrics(f"eval {split_name(data, args.data)}", image_summary(metrics, args.data))
+        print(f"recorded in {path}", file=sys.stderr)
     return 0

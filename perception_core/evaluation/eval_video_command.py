@@ -6,8 +6,9 @@
 
 Without --results every video runs through the runtime FrameProcessor (the same engine as the
 ROS node and `mobius infer`: query-propagation tracking, score threshold, optional kernel reuse),
-frames read from the json's file_names; tracks become YouTube-VIS results (category = the
-prompt a track was labelled with most confidently, score = its mean confidence).
+frames read from the json's file_names; tracks become YouTube-VIS results exactly as
+`mobius infer --json` writes them (runtime/ytvis_results.py: one entry per track and label, score =
+its mean confidence), so `mobius infer` + `mobius eval-video --results` gives the same numbers.
 Prompts are the json's category names (all, --prompts NAMES or --prompts seen); only the prompted
 categories are evaluated. Tracking metrics are per category by default (trackeval's YouTube-VIS
 way), or --tracking-mode class_agnostic.
@@ -41,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results below this score are left out of the tracking metrics (default 0)")
     parser.add_argument("--save-results", metavar="JSON", help="write the YouTube-VIS results of the run")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--record", action="store_true",
+                        help="store the numbers in the shipped model's model.json (shipped model, no --results)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -70,7 +73,7 @@ def run_videos(processor, data: dict, frame_root: Path, label_to_category: dict[
     """YouTube-VIS results of every video (processor reset per video) and speed statistics."""
     from tqdm import tqdm
 
-    from ..bag.results import TrackResults
+    from ..runtime.ytvis_results import YtvisResults
     from ..training.datasets import read_image
 
     videos = data["videos"][:limit] if limit else data["videos"]
@@ -80,15 +83,15 @@ def run_videos(processor, data: dict, frame_root: Path, label_to_category: dict[
     with bar:
         for video in videos:
             processor.reset()
-            tracks = TrackResults(len(video["file_names"]), label_to_category, int(video["id"]))
+            collector = YtvisResults(int(video["id"]), label_to_category)
             for index, name in enumerate(video["file_names"]):
                 frame = read_image(frame_root / name)
                 start = time.perf_counter()
                 result = processor.process(frame, stamp=float(index))
                 per_frame_ms.append((time.perf_counter() - start) * 1000)
-                tracks.add(index, result.instances)
+                collector.add(result)
                 bar.update()
-            results.extend(tracks.results())
+            results.extend(collector.to_list())
     stats = {"videos_run": len(videos), "frames": len(per_frame_ms),
              "ms_per_frame_mean": float(sum(per_frame_ms) / max(len(per_frame_ms), 1))}
     return results, stats
@@ -113,6 +116,7 @@ def format_table(metrics: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..training.datasets import check_image_files
     from .eval_command import choose_categories
+    from .record import is_shipped_model
     from .video_eval import evaluate_video, load_ground_truth, load_results
 
     try:
@@ -122,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
         categories = choose_categories(data, args.prompts)
         category_ids = [int(c["id"]) for c in categories]
         stats = {}
+        if args.record and (args.results or not is_shipped_model(args.weights, args.onnx)):
+            raise ValueError("--record stores numbers in the shipped model's model.json; it needs a run of the "
+                             "shipped model (no --results, --weights or --onnx)")
         if args.results:
             results = load_results(args.results)
         else:
@@ -148,4 +155,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"mobius eval-video: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(metrics, indent=2) if args.json else format_table(metrics))
+    if args.record:
+        from .record import record_metrics, split_name, video_summary
+
+        settings = {"score_threshold": args.score_threshold, "kernel_reuse": args.kernel_reuse,
+                    "threads": args.threads}
+        path = record_metrics(f"eval-video {split_name(data, args.data)}", video_summary(metrics, args.data, settings))
+        print(f"recorded in {path}", file=sys.stderr)
     return 0
