@@ -131,23 +131,27 @@ def test_unknown_file_suffix_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def random_weights(tmp_path_factory):
-    """Random mobius_nano weights for the torch backend (an ONNX export would take too long here)."""
+def tiny_model_args(tmp_path_factory):
+    """CLI arguments for a tiny random model on the torch backend (an ONNX export would take too long)."""
     import torch
+    import yaml
 
+    from runtime_models import SIZE, TINY
+    from perception_core.config import load_model_config, to_dict
     from perception_core.model.build import build_from_name, save_weights
 
+    folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "random.safetensors"
-    save_weights(build_from_name("mobius_nano"), path)
-    return path
+    save_weights(build_from_name("mobius_nano", TINY), folder / "tiny.safetensors")
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(to_dict(load_model_config("mobius_nano", TINY))))
+    return ["--backend", "torch", "--weights", str(folder / "tiny.safetensors"), "--preset", str(folder / "tiny.yaml"),
+            "--size", str(SIZE), "--threads", "1"]
 
 
-def test_mobius_gst_runs_the_frame_processor_and_writes_results(tmp_path, random_weights):
+def test_mobius_gst_runs_the_frame_processor_and_writes_results(tmp_path, tiny_model_args):
     out = tmp_path / "overlay.mkv"
     code = mobius(["gst", "videotestsrc num-buffers=4 pattern=ball ! video/x-raw,width=160,height=120",
-                   "--out", str(out), "--backend", "torch", "--weights", str(random_weights), "--size", "128",
-                   "--threads", "1", "--threshold", "0.0", "--prompts", "red circle,blue square"])
+                   "--out", str(out), *tiny_model_args, "--threshold", "0.0", "--prompts", "red circle,blue square"])
     assert code == 0
     frames, _ = decode(out)
     assert len(frames) == 4 and frames[0].shape == (120, 160, 3)
@@ -161,9 +165,9 @@ def test_mobius_gst_runs_the_frame_processor_and_writes_results(tmp_path, random
     assert results["latency_ms"]["p50"] > 0
 
 
-def test_mobius_gst_reports_a_bad_source_and_exits_nonzero(tmp_path, random_weights, capsys):
-    code = mobius(["gst", "videotestsrc ! notanelement", "--sink", "fakesink", "--backend", "torch",
-                   "--weights", str(random_weights), "--size", "128", "--json", str(tmp_path / "r.json")])
+def test_mobius_gst_reports_a_bad_source_and_exits_nonzero(tmp_path, tiny_model_args, capsys):
+    code = mobius(["gst", "videotestsrc ! notanelement", "--sink", "fakesink", *tiny_model_args,
+                   "--json", str(tmp_path / "r.json")])
     assert code == 1
     assert "notanelement" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()

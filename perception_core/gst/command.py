@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="onnx", choices=("onnx", "torch"),
                         help="inference backend; with torch, --weights gives the .safetensors")
     parser.add_argument("--weights", help="torch backend: model weights (.safetensors)")
+    parser.add_argument("--preset", default="mobius_nano", help="torch backend: model preset name or YAML path")
     parser.add_argument("--size", type=int, default=384, help="torch backend: network input side (multiple of 32)")
     parser.add_argument("--threads", type=int, default=2, help="inference threads")
     parser.add_argument("--threshold", type=float, default=0.4, help="score threshold")
@@ -111,7 +112,8 @@ def _processor(args: argparse.Namespace, prompts: list[str]):
 
     model = args.weights if args.backend == "torch" else args.onnx
     return FrameProcessor(ProcessorConfig(backend=args.backend, model=model, threads=args.threads,
-                                          score_threshold=args.threshold, size=args.size), prompts)
+                                          score_threshold=args.threshold, size=args.size, preset=args.preset),
+                          prompts)
 
 
 def _summary(args, prompts, sink: str, stats: PipelineStats, recorder: OverlayRecorder, wall_s: float) -> dict:
