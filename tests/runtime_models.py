@@ -1,17 +1,26 @@
-"""A tiny MOBIUS model with decisive random weights, exported once per test session and shared by
-the runtime tests (test_processor.py, test_infer.py): weights, preset YAML, ONNX and mask graph."""
+"""A tiny MOBIUS model with decisive random weights, exported once and shared by the runtime tests
+(test_processor.py, test_infer.py): weights, preset YAML, ONNX and kernel-reuse mask graph.
+
+Exporting costs ~40 s on a busy 2-core machine, so the files are cached in .pytest_cache/ under a
+hash of everything that determines them (model, config and export code, torch version, TINY, SIZE);
+any change to that code re-exports.
+"""
 from __future__ import annotations
 
-import atexit
 import functools
+import hashlib
+import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZE = 128
 TINY = ["hidden_dim=64", "decoder.num_queries=30", "decoder.num_layers=3", "pruning.min_kept=5",
         "decoder.ffn_dim=128", "pixel_decoder.ffn_dim=128", "pixel_decoder.num_blocks=1"]
+_SOURCES = ("perception_core/model/*.py", "perception_core/config.py", "config/models/mobius_nano.yaml",
+            "perception_core/runtime/export.py", "perception_core/runtime/export_kernels.py",
+            "perception_core/runtime/io_names.py", "tests/runtime_models.py")
 
 
 @dataclass(frozen=True)
@@ -22,8 +31,17 @@ class TinyModel:
     size: int = SIZE
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_model() -> TinyModel:
+def _fingerprint() -> str:
+    import torch
+
+    digest = hashlib.sha256(f"{torch.__version__} {TINY} {SIZE}".encode())
+    for pattern in _SOURCES:
+        for path in sorted(ROOT.glob(pattern)):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _build(folder: Path) -> None:
     import torch
     import yaml
 
@@ -32,8 +50,6 @@ def tiny_model() -> TinyModel:
     from perception_core.runtime.export import export_onnx
     from perception_core.runtime.export_kernels import export_mask_graph, mask_graph_path
 
-    folder = Path(tempfile.mkdtemp(prefix="mobius_tiny_"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     torch.manual_seed(0)
     model = build_from_name("mobius_nano", TINY)
     with torch.no_grad():  # spread the random confidences over (0, 1) instead of all near the 0.01 prior
@@ -41,6 +57,17 @@ def tiny_model() -> TinyModel:
         model.decoder.classifier.logit_scale.fill_(3.0)
     save_weights(model, folder / "tiny.safetensors")
     (folder / "tiny.yaml").write_text(yaml.safe_dump(to_dict(load_model_config("mobius_nano", TINY))))
-    onnx = export_onnx(model, folder / "tiny.onnx", SIZE)
-    export_mask_graph(model, mask_graph_path(onnx), SIZE)
-    return TinyModel(folder / "tiny.safetensors", folder / "tiny.yaml", onnx)
+    export_mask_graph(model, mask_graph_path(export_onnx(model, folder / "tiny.onnx", SIZE)), SIZE)
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_model() -> TinyModel:
+    folder = ROOT / ".pytest_cache" / "mobius_tiny_model" / _fingerprint()
+    if not (folder / "tiny.masks.onnx").is_file():
+        partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        _build(partial)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)       # concurrent test runs never see half-written files
+    return TinyModel(folder / "tiny.safetensors", folder / "tiny.yaml", folder / "tiny.onnx")
