@@ -175,10 +175,10 @@ def reliability_diagram(results: Sequence[CalibrationResult], path: str | os.Pat
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     for result in results:
         filled = result.counts > 0
-        top.plot(result.mean_confidence[filled], result.mean_iou[filled], "o-",
-                 label=f"{result.iou_kind} IoU, {result.matching}: ECE {result.ece:.3f} (n={result.n})")
-        centers = (result.edges[:-1] + result.edges[1:]) / 2
-        bottom.bar(centers, result.counts, width=0.9 / len(result.counts), alpha=0.5)
+        line, = top.plot(result.mean_confidence[filled], result.mean_iou[filled], "o-",
+                         label=f"{result.iou_kind} IoU, {result.matching}: ECE {result.ece:.3f} (n={result.n})")
+        # counts per bin as a step outline in the line's colour (several results stay readable)
+        bottom.stairs(np.maximum(result.counts, 0.5), result.edges, color=line.get_color())
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="mean IoU with matched ground truth", title=title or "reliability")
     top.legend(loc="upper left", fontsize=8)
     bottom.set(xlabel="confidence", ylabel="detections", yscale="log")

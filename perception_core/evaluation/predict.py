@@ -76,7 +76,9 @@ class ModelRunner:
 
     @staticmethod
     def from_torch(model, size: int = 384, prune: bool = True) -> "ModelRunner":
-        """A Mobius model (torch); prune=False disables its query pruning."""
+        """A Mobius model (torch); prune=False disables its query pruning. The model is switched to
+        its deployment graph (model.deploy(): eval mode, last-layer outputs only); a training loop
+        evaluating mid-run should pass a copy."""
         import torch
 
         from ..model.decoder import PruneSettings
