@@ -246,7 +246,11 @@ def _open_input(config: PipelineConfig):
         appsink = pipeline.get_by_name(APPSINK)
         appsink.set_property("max-buffers", 1)
         appsink.set_property("drop", True)
-    _set_state(pipeline, Gst.State.PLAYING, "source")
+    try:
+        _set_state(pipeline, Gst.State.PLAYING, "source")
+    except PipelineError:
+        pipeline.set_state(Gst.State.NULL)
+        raise
     return pipeline, pipeline.get_by_name(APPSINK), live
 
 
@@ -303,6 +307,10 @@ def _loop(config, on_frame, pipeline, appsink, output: _Output, stats: PipelineS
                 ok, num, den = structure.get_fraction("framerate")
                 stats.framerate = (num, den) if ok else (0, 1)
                 stats.height, stats.width = frame.shape[:2]
+            elif frame.shape[:2] != (stats.height, stats.width):
+                raise PipelineError(f"the source changed its frame size from {stats.width}x{stats.height} to "
+                                    f"{frame.shape[1]}x{frame.shape[0]} mid-stream; fix it with a caps filter, "
+                                    f"e.g. '! videoscale ! video/x-raw,width={stats.width},height={stats.height}'")
             if pts < 0 and stats.framerate[0] > 0:  # an untimed source: stamp frames by the nominal rate
                 num, den = stats.framerate
                 pts, duration = stats.frames * den * Gst.SECOND // num, den * Gst.SECOND // num
