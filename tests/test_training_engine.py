@@ -323,8 +323,8 @@ def test_nonfinite_loss_skips_the_update_and_aborts_when_persistent(tiny_data, t
     batch = collate([dataset[0], dataset[1]])
     real_forward = run.criterion.forward
 
-    def nan_class_loss(outputs, targets):
-        losses = real_forward(outputs, targets)
+    def nan_class_loss(outputs, targets, prefix=None):
+        losses = real_forward(outputs, targets, prefix)
         return {**losses, "loss_class": losses["loss_class"] * float("nan")}
 
     before = {name: p.detach().clone() for name, p in run.model.named_parameters()}

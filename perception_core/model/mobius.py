@@ -42,7 +42,8 @@ class Mobius(nn.Module):
 
     def forward(self, images: Tensor, text_tokens: Tensor, text_mask: Tensor, text_pooled: Tensor,
                 prefix_queries: Tensor | None = None, prefix_boxes: Tensor | None = None,
-                attn_mask: Tensor | None = None, prune: PruneSettings | None = None) -> dict:
+                attn_mask: Tensor | None = None, prune: PruneSettings | None = None,
+                one_to_many: int = 0) -> dict:
         """
         Args:
             images: (B, 3, H, W) float, normalized; H and W multiples of 32 work best.
@@ -50,8 +51,12 @@ class Mobius(nn.Module):
                 token; text_pooled: (P, Dt). One prompt set for the whole batch.
             prefix_queries / prefix_boxes: (B, Np, C) / (B, Np, 4) extra queries placed before the
                 selected ones: refined queries of tracks from the previous frame, or denoising queries.
-            attn_mask: (Np+K, Np+K) bool self-attention mask, True = blocked (denoising groups).
+            attn_mask: (D, D) bool self-attention mask of the first D <= Np prefix queries, True =
+                blocked (denoising groups); the other queries never see those D.
             prune: overrides the configured pruning (eval mode only).
+            one_to_many: training only: size of an extra query group (the selection's next-best
+                tokens) decoded beside the main one but blind to it, for hybrid one-to-many
+                matching (H-DETR); returned as out["one_to_many"], never used at inference.
         Returns dict:
             pred_logits (B, N, P) raw logits (confidence = sigmoid), pred_boxes (B, N, 4) cxcywh in
             [0, 1] of the padded input, pred_masks (B, N, H/4, W/4) logits, query_embed (B, N, C)
@@ -63,30 +68,60 @@ class Mobius(nn.Module):
         text, prompts = self.encode_prompts(text_tokens, text_mask, text_pooled, batch)
         s2, pyramid = self.projection(self.backbone(images))
         pixels = self.pixel_decoder(s2, pyramid, text)
-        selected = self.selection(pixels.selection_tokens, pixels.selection_anchors, prompts)
+        extra = one_to_many if self.training else 0
+        selected = self.selection(pixels.selection_tokens, pixels.selection_anchors, prompts, extra)
         queries, boxes = selected["queries"], selected["boxes"]
+        extra = max(0, queries.shape[1] - self.selection.num_queries)  # fewer tokens than K + extra
         num_prefix = 0
         if prefix_queries is not None:
             num_prefix = prefix_queries.shape[1]
             queries = torch.cat([prefix_queries, queries], dim=1)
             boxes = torch.cat([prefix_boxes, boxes], dim=1)
+        if extra or (attn_mask is not None and attn_mask.shape[0] < queries.shape[1]):
+            attn_mask = query_attention_mask(attn_mask, queries.shape[1], extra, queries.device)
         if self.training or attn_mask is not None:
             prune = None
         elif prune is None:
             prune = self.prune
         decoded = self.decoder(queries, boxes, pixels.memory, pixels.mask_features, prompts, attn_mask,
                                prune=prune, all_layer_masks=not self.deployed)
-        out = {
-            "pred_logits": decoded["logits"][-1],
-            "pred_boxes": decoded["boxes"][-1],
-            "pred_masks": decoded["masks"][-1],
-            "query_embed": decoded["hidden"],
-            "kept_indices": decoded["kept_indices"],
-            "kept_per_layer": decoded["kept_per_layer"],
-            "num_prefix": num_prefix,
-        }
+        main = queries.shape[1] - extra
+        out = _prediction_sets(decoded, slice(0, main), not self.deployed)
+        out.update(query_embed=decoded["hidden"][:, :main], kept_indices=decoded["kept_indices"][:main],
+                   kept_per_layer=decoded["kept_per_layer"], num_prefix=num_prefix)
         if not self.deployed:
-            out["aux_outputs"] = [{"pred_logits": l, "pred_boxes": b, "pred_masks": m} for l, b, m in
-                                  zip(decoded["logits"][:-1], decoded["boxes"][:-1], decoded["masks"][:-1])]
-            out["enc_outputs"] = {"pred_logits": selected["enc_logits"], "pred_boxes": selected["enc_boxes"]}
+            k = self.selection.num_queries
+            out["enc_outputs"] = {"pred_logits": selected["enc_logits"][:, :k], "pred_boxes": selected["enc_boxes"][:, :k]}
+        if extra:
+            out["one_to_many"] = _prediction_sets(decoded, slice(main, None), True)
         return out
+
+
+def _prediction_sets(decoded: dict, rows: slice, aux: bool) -> dict:
+    """Last-layer predictions of the query rows `rows` (and, if aux, those of earlier layers)."""
+    def pick(layer: int) -> dict:
+        masks = decoded["masks"][layer]
+        return {"pred_logits": decoded["logits"][layer][:, rows], "pred_boxes": decoded["boxes"][layer][:, rows],
+                "pred_masks": None if masks is None else masks[:, rows]}
+    out = pick(-1)
+    if aux:
+        out["aux_outputs"] = [pick(layer) for layer in range(len(decoded["logits"]) - 1)]
+    return out
+
+
+def query_attention_mask(prefix_mask: Tensor | None, total: int, group: int, device: torch.device) -> Tensor:
+    """(total, total) bool self-attention mask, True = blocked.
+
+    prefix_mask (D, D) covers the first D queries (denoising groups): it is kept, and no later query
+    may see those D (they carry ground truth). The last `group` queries (one-to-many group) and all
+    others cannot see each other."""
+    mask = torch.zeros(total, total, dtype=torch.bool, device=device)
+    if prefix_mask is not None:
+        size = prefix_mask.shape[0]
+        mask[:size, :size] = prefix_mask
+        mask[size:, :size] = True
+    if group:
+        first = total - group
+        mask[:first, first:] = True
+        mask[first:, :first] = True
+    return mask

@@ -46,16 +46,18 @@ class LanguageGuidedQuerySelection(nn.Module):
         self.classifier = classifier
         self.box_head = MLP(dim, dim, 4, 3)  # Eq. 2b: b_i = MLP(q_i), a delta on the token's anchor
 
-    def forward(self, tokens: Tensor, anchors: Tensor, prompts: Tensor) -> dict[str, Tensor]:
+    def forward(self, tokens: Tensor, anchors: Tensor, prompts: Tensor, extra: int = 0) -> dict[str, Tensor]:
         """
         tokens: (B, S, C) candidate tokens (B^ for MOBIUS); anchors: (S, 4) cxcywh in [0, 1];
-        prompts: (P, C). Returns queries (B, K, C) detached content, boxes (B, K, 4) cxcywh,
-        logits (B, K, P) and boxes of the selected tokens for the encoder loss, and indices (B, K).
+        prompts: (P, C); extra: further queries selected after the top K (the one-to-many group
+        of hybrid matching, training only). Returns queries (B, K', C) detached content, boxes
+        (B, K', 4) cxcywh, logits (B, K', P) and boxes of the selected tokens for the encoder loss,
+        and indices (B, K'), K' = min(K + extra, S), best first.
         """
         memory = self.norm(self.proj(tokens))
         logits = self.classifier(memory, prompts)                                    # (B, S, P)
         boxes = (self.box_head(memory) + inverse_sigmoid(anchors)).sigmoid()          # (B, S, 4)
-        k = min(self.num_queries, int(tokens.shape[1]))
+        k = min(self.num_queries + extra, int(tokens.shape[1]))
         scores = logits.max(dim=-1).values                                           # Eq. 2a
         indices = scores.topk(k, dim=1).indices                                      # Eq. 2c
         return {

@@ -120,6 +120,36 @@ def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return 1 - (numerator + 1) / (denominator + 1)
 
 
+@dataclass
+class PrefixSupervision:
+    """Fixed assignments of the model's prefix queries: ``dn_rows`` denoising rows first, then
+    ``track_rows`` carried track queries. Indices are per image ``(rows, target indices)`` int64
+    CPU tensors; dn rows count from 0, track rows from the first track row. Prefix rows without a
+    pair are supervised as "no object"."""
+
+    dn_rows: int = 0
+    dn_indices: list = None
+    track_rows: int = 0
+    track_indices: list = None
+
+    @property
+    def num_rows(self) -> int:
+        return self.dn_rows + self.track_rows
+
+
+def slice_queries(outputs: dict, start: int, stop: int | None) -> dict:
+    """The prediction sets of query rows [start, stop) of every layer (the encoder and one-to-many
+    sets are not per-query rows of the decoder and are left out)."""
+    rows = slice(start, stop)
+    def take(prediction: dict) -> dict:
+        return {key: (value[:, rows] if value is not None else None) for key, value in prediction.items()
+                if key in ("pred_logits", "pred_boxes", "pred_masks")}
+    sliced = take(outputs)
+    if "aux_outputs" in outputs:
+        sliced["aux_outputs"] = [take(aux) for aux in outputs["aux_outputs"]]
+    return sliced
+
+
 def repeat_targets(targets: list[dict], repeats: int) -> list[dict]:
     """Every instance of every image repeated ``repeats`` times (for one-to-many matching).
 
@@ -251,10 +281,17 @@ class SetCriterion(nn.Module):
 
     # ----------------------------------------------------------------------------- forward
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        """Unweighted losses of every prediction set; see the module docstring for the names."""
+    def forward(self, outputs: dict, targets: list[dict],
+                prefix: PrefixSupervision | None = None) -> dict[str, Tensor]:
+        """Unweighted losses of every prediction set; see the module docstring for the names.
+
+        prefix: how the model's prefix queries (the first ``outputs["num_prefix"]`` rows: denoising
+        groups, then carried track queries) are supervised; None = the model had no prefix."""
         num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)
-        losses = self._decoder_losses(outputs, targets, num_boxes, suffix="")
+        if prefix is None or prefix.num_rows == 0:
+            losses = self._decoder_losses(outputs, targets, num_boxes, suffix="")
+        else:
+            losses = self._prefix_losses(outputs, targets, num_boxes, prefix)
         if self.config.enc and "enc_outputs" in outputs:
             losses.update(self._set_losses(outputs["enc_outputs"], targets, num_boxes, "_enc"))
         if self.config.hybrid is not None and "one_to_many" in outputs:
@@ -284,18 +321,55 @@ class SetCriterion(nn.Module):
 
     # ----------------------------------------------------------------------------- helpers
 
-    def _decoder_losses(self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str):
-        """Losses of the last decoder layer (``suffix``) and of earlier ones (``suffix_{i}``)."""
-        losses = self._set_losses(outputs, targets, num_boxes, suffix)
+    def _prefix_losses(self, outputs: dict, targets: list[dict], num_boxes: float,
+                       prefix: PrefixSupervision) -> dict[str, Tensor]:
+        """Track queries keep their instance (fixed assignment) and the selected queries are matched
+        to the remaining instances (MOTR / MobileInst temporal training); denoising queries
+        reconstruct their own noised instance (DN-DETR), losses suffixed ``_dn``."""
+        main = slice_queries(outputs, prefix.dn_rows, None)
+        losses = self._decoder_losses(main, targets, num_boxes, "",
+                                      assign=lambda predictions: self._assign_with_tracks(predictions, targets, prefix))
+        if prefix.dn_rows:
+            denoising = slice_queries(outputs, 0, prefix.dn_rows)
+            positives = sum(len(rows) for rows, _ in prefix.dn_indices)
+            losses.update(self._decoder_losses(denoising, targets, max(float(positives), 1.0), "_dn",
+                                               assign=lambda predictions: prefix.dn_indices))
+        return losses
+
+    @torch.no_grad()
+    def _assign_with_tracks(self, outputs: dict, targets: list[dict], prefix: PrefixSupervision) -> list:
+        """Fixed pairs of the track rows + Hungarian matching of the other rows to unclaimed targets."""
+        rows = prefix.track_rows
+        if rows == 0:
+            return self.matcher(outputs, targets)
+        selected = {key: outputs[key][:, rows:] for key in ("pred_logits", "pred_boxes", "pred_masks")
+                    if outputs.get(key) is not None}
+        unclaimed = []
+        for target, (_, claimed) in zip(targets, prefix.track_indices):
+            free = torch.ones(len(target["labels"]), dtype=torch.bool)
+            free[claimed] = False
+            unclaimed.append(free.nonzero().squeeze(1))
+        subsets = [{key: target[key][keep.to(target[key].device)] for key in ("labels", "boxes", "masks")
+                    if key in target} for target, keep in zip(targets, unclaimed)]
+        matched = self.matcher(selected, subsets)
+        return [(torch.cat([track_rows, query + rows]), torch.cat([claimed, keep[target_index]]))
+                for (track_rows, claimed), keep, (query, target_index)
+                in zip(prefix.track_indices, unclaimed, matched)]
+
+    def _decoder_losses(self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str,
+                        assign=None):
+        """Losses of the last decoder layer (``suffix``) and of earlier ones (``suffix_{i}``).
+        ``assign(predictions) -> indices`` replaces Hungarian matching when given."""
+        losses = self._set_losses(outputs, targets, num_boxes, suffix, assign)
         if self.config.aux:
             for layer, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
                 layer_suffix = f"{suffix}_{layer}"
-                losses.update(self._set_losses(aux_outputs, targets, num_boxes, layer_suffix))
+                losses.update(self._set_losses(aux_outputs, targets, num_boxes, layer_suffix, assign))
         return losses
 
-    def _set_losses(self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str):
+    def _set_losses(self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str, assign=None):
         """Match one prediction set and compute all its losses, names suffixed with ``suffix``."""
-        indices = self.matcher(outputs, targets)
+        indices = self.matcher(outputs, targets) if assign is None else assign(outputs)
         losses = {}
         losses.update(self.loss_labels(outputs, targets, indices, num_boxes))
         losses.update(self.loss_boxes(outputs, targets, indices, num_boxes))

@@ -271,8 +271,8 @@ def restrict_categories(data: dict, keep: str | Sequence[str], path) -> list[dic
 
 def build_dataset(annotation_file: str | os.PathLike, image_root: str | os.PathLike,
                   transforms: Transform | None = None, use_masks: bool = True,
-                  video_mode: str = "frames", categories: str | Sequence[str] | None = None
-                  ) -> CocoDataset | YtvisDataset:
+                  video_mode: str = "frames", categories: str | Sequence[str] | None = None,
+                  max_delta: int = 5) -> CocoDataset | YtvisDataset:
     """COCO or YouTube-VIS dataset, detected from the json's keys.
 
     categories: None keeps every category of the json; "seen" keeps those with at least one
@@ -284,7 +284,7 @@ def build_dataset(annotation_file: str | os.PathLike, image_root: str | os.PathL
     try:
         if annotation_format(data) == "coco":
             return CocoDataset(annotation_file, image_root, transforms, use_masks, data=data)
-        return YtvisDataset(annotation_file, image_root, transforms, use_masks, mode=video_mode, data=data)
+        return YtvisDataset(annotation_file, image_root, transforms, use_masks, mode=video_mode, max_delta=max_delta, data=data)
     except (KeyError, TypeError, ValueError) as error:
         if isinstance(error, DatasetError):
             raise

@@ -41,6 +41,7 @@ from ..model.text_encoder import MiniLMTextEncoder, TextEmbeddings
 from .collate import Batch, collate
 from .criterion import LOSS_NAMES, LossConfig, SetCriterion
 from .datasets import build_dataset
+from .forward import forward_losses, outputs_are_finite
 from .distributed import (DistInfo, SeededDistributedSampler, all_true, barrier, init_distributed,
                           mean_over_ranks, unwrap, wrap_model)
 from .matcher import HungarianMatcher
@@ -149,28 +150,6 @@ def set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
-
-
-def outputs_are_finite(outputs: dict) -> bool:
-    """All logits, boxes and masks of every prediction set are finite (the matcher refuses NaNs)."""
-    sets = [outputs, *outputs.get("aux_outputs", []), outputs.get("enc_outputs", {})]
-    return all(bool(torch.isfinite(value).all()) for prediction in sets
-               for key, value in prediction.items() if key in ("pred_logits", "pred_boxes", "pred_masks"))
-
-
-def forward_losses(run: Run, batch: Batch) -> tuple[dict[str, Tensor] | None, Tensor | None]:
-    """(unweighted losses, weighted total), or (None, None) when any rank saw a non-finite value.
-    All ranks take the same branch, so collectives inside the criterion never deadlock."""
-    autocast = torch.autocast(run.info.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
-    with autocast:
-        outputs = run.model(batch.images, run.prompts.tokens, run.prompts.mask, run.prompts.pooled)
-    if not all_true(outputs_are_finite(outputs), run.info):
-        return None, None
-    losses = run.criterion(outputs, batch.targets)  # the criterion computes in float32
-    total = run.criterion.weighted_total(losses)
-    if not all_true(bool(torch.isfinite(total)), run.info):
-        return None, None
-    return losses, total
 
 
 def train_one_step(run: Run, batch: Batch) -> StepResult:
@@ -560,8 +539,11 @@ def build_loaders(config: TrainConfig, info: DistInfo):
     here as a ConfigError."""
     data = config.data
     keep = "seen" if data.prompts == "seen" else None
+    video_mode = "pairs" if config.queries.temporal else "frames"
     train_set = build_dataset(data.train_annotations, data.train_images, build_train_transforms(data), data.use_masks,
-                              categories=keep)
+                              video_mode=video_mode, categories=keep, max_delta=config.queries.max_delta)
+    if config.queries.temporal and getattr(train_set, "mode", None) != "pairs":
+        raise ConfigError(f"queries.temporal needs a YouTube-VIS (video) json; '{data.train_annotations}' is COCO")
     if len(train_set) < config.batch_size * info.world_size:
         raise ConfigError(f"the training set has {len(train_set)} images, fewer than batch_size x processes "
                           f"= {config.batch_size * info.world_size}")

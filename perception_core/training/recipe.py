@@ -102,11 +102,30 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class QueryConfig:
+    """Extra training-only decoder queries (none of them exists at inference)."""
+    denoising_groups: int = 0           # contrastive denoising pairs per instance (DINO); 0 = off
+    box_noise: float = 0.4              # DINO's lambda: positives move each edge < this x half the size
+    label_noise: float = 0.2            # share of denoising queries whose prompt is swapped at random
+    one_to_many: int = 0                # size of the one-to-many query group; needs loss.hybrid
+    temporal: bool = False              # video json: frame pairs, queries of t decode t + delta
+    max_delta: int = 5                  # delta uniform in [1, max_delta] frames
+
+    def __post_init__(self) -> None:
+        _check(self.denoising_groups >= 0, f"queries.denoising_groups={self.denoising_groups} must be >= 0")
+        _check(0 < self.box_noise <= 1, f"queries.box_noise={self.box_noise} must be in (0, 1]")
+        _check(0 <= self.label_noise <= 1, f"queries.label_noise={self.label_noise} must be in [0, 1]")
+        _check(self.one_to_many >= 0, f"queries.one_to_many={self.one_to_many} must be >= 0")
+        _check(self.max_delta >= 1, f"queries.max_delta={self.max_delta} must be >= 1")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)  # criterion.LossConfig; matcher costs = loss weights
+    queries: QueryConfig = field(default_factory=QueryConfig)  # denoising, one-to-many, temporal
     batch_size: int = 8                 # images per process (per GPU)
     num_workers: int = 2                # DataLoader worker processes per rank
     amp: str = "auto"                   # auto: bf16/fp16 autocast on CUDA only; on: require CUDA; off
@@ -192,8 +211,9 @@ def validate(config: TrainConfig, check_paths: bool = True) -> ModelConfig:
     """Cross-field checks, the model config and (optionally) the data paths; returns the
     ModelConfig. Raises ConfigError with what to change."""
     model_config = config.model.build_config()
-    _check(config.loss.hybrid is None, "loss.hybrid (one-to-many matching) needs a model that returns a "
-           "one-to-many query group (outputs['one_to_many']); Mobius has none: remove loss.hybrid")
+    _check((config.loss.hybrid is None) == (config.queries.one_to_many == 0),
+           "one-to-many matching needs both loss.hybrid (e.g. {repeats: 6}) and queries.one_to_many > 0 "
+           "(the size of the extra query group); set both or neither")
     _check((config.data.val_annotations is None) == (config.data.val_images is None),
            "set both data.val_annotations and data.val_images, or neither")
     if check_paths:
