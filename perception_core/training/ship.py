@@ -1,0 +1,84 @@
+"""Turn a training checkpoint into the shipped default model (perception_core/assets).
+
+    python -m perception_core.training.ship --checkpoint runs/mobius_nano_synth_cpu/checkpoints/last.pt
+
+writes, next to each other:
+    mobius_nano.safetensors      the weights (no pickle)
+    mobius_nano.onnx             the deployment graph at assets.SIZE px (dynamo, opset 18)
+    default_prompts.safetensors  MiniLM embeddings of assets.DEFAULT_PROMPTS
+    model.json                   preset, size, training step, prompts trained on, recipe; metrics are
+                                 added later by `mobius eval ... --record` (see docs/MODEL_CARD.md)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .. import assets
+
+
+def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = assets.SIZE) -> dict:
+    """Writes the four asset files from a training checkpoint; returns the model.json contents."""
+    import torch
+
+    from ..model.build import build_model, save_weights
+    from ..model.text_encoder import MiniLMTextEncoder, save_prompt_embeddings
+    from ..runtime.export import export_onnx
+    from .engine import load_checkpoint
+    from .recipe import ModelSection
+
+    contents = load_checkpoint(checkpoint)
+    config = contents["config"]
+    model_config = ModelSection(config["model"]["preset"], config["model"].get("overrides") or {}).build_config()
+    model = build_model(model_config)
+    model.load_state_dict(contents["model"])
+    model.eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = model_config.name
+    save_weights(model, out / f"{stem}.safetensors")
+    with torch.no_grad():
+        export_onnx(model, out / f"{stem}.onnx", size)
+    prompts = list(assets.DEFAULT_PROMPTS)
+    encoder = MiniLMTextEncoder(max_tokens=model_config.text.max_tokens)
+    save_prompt_embeddings(out / assets.PROMPT_EMBEDDINGS.name, prompts, encoder.encode(prompts))
+    trained_on = _category_names(config["data"]["train_annotations"], config["data"].get("prompts"))
+    info = {"preset": model_config.name, "size": size, "step": int(contents["step"]),
+            "skipped_steps": int(contents["skipped_steps"]), "default_prompts": prompts,
+            "trained_prompts": trained_on, "recipe": config, "metrics": {}}
+    previous = out / assets.INFO.name
+    if previous.is_file():  # keep metrics recorded for the same step
+        old = json.loads(previous.read_text())
+        if old.get("step") == info["step"]:
+            info["metrics"] = old.get("metrics", {})
+    previous.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def _category_names(annotation_file: str, policy: str | None) -> list[str]:
+    """The prompt list the model was trained with (same policy as training), or [] if unreadable."""
+    from .datasets import read_annotation_file, restrict_categories
+
+    try:
+        data = read_annotation_file(annotation_file)
+    except Exception:  # the data may not exist where the checkpoint is shipped
+        return []
+    records = restrict_categories(data, "seen", annotation_file) if policy == "seen" else data["categories"]
+    return [c["name"] for c in sorted(records, key=lambda c: int(c["id"]))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt, loaded weights-only)")
+    parser.add_argument("--out", default=str(assets.ASSETS), help="asset folder (default: the package's)")
+    parser.add_argument("--size", type=int, default=assets.SIZE, help="ONNX input size")
+    args = parser.parse_args(argv)
+    info = ship(args.checkpoint, args.out, args.size)
+    sizes = {p.name: p.stat().st_size / 1e6 for p in Path(args.out).iterdir() if p.suffix in (".onnx", ".safetensors")}
+    print(f"shipped step {info['step']} to {args.out}: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
