@@ -155,11 +155,16 @@ class Tracker:
 
     def _deduplicate(self, fresh: list[Detection], accepted: list[Detection]) -> list[Detection]:
         """Drops new detections that mostly cover an already accepted one (best score wins)."""
-        kept: list[Detection] = []
-        for detection in sorted(fresh, key=lambda d: -d.score):
-            if all(mask_iou(detection.mask, other.mask) <= self.config.duplicate_iou for other in accepted + kept):
-                kept.append(detection)
-        return kept
+        fresh = sorted(fresh, key=lambda d: -d.score)
+        if not fresh:
+            return []
+        # (F, A + F) IoU with the accepted detections, then with the fresh ones, computed once
+        iou = mask_iou_matrix([d.mask for d in fresh], [d.mask for d in accepted + fresh])
+        blockers = list(range(len(accepted)))
+        for index in range(len(fresh)):
+            if not blockers or iou[index, blockers].max() <= self.config.duplicate_iou:
+                blockers.append(len(accepted) + index)
+        return [fresh[i - len(accepted)] for i in blockers[len(accepted):]]
 
     def _associate(self, fresh: list[Detection], candidates: list[Track]) -> tuple[dict[int, Detection], list[Detection]]:
         """Hungarian assignment on 1 - similarity; pairs below match_threshold are rejected."""
@@ -219,11 +224,6 @@ class Tracker:
         for track in self.tracks:
             if track.track_id == track_id:
                 track.detection.query_box = np.asarray(query_box, dtype=np.float32)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
 def mask_iou_matrix(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
