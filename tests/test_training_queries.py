@@ -162,7 +162,8 @@ def test_tiny_model_overfits_a_few_images_to_mask_ap50_above_0_9(tmp_path, singl
     config = tiny_config(root, tmp_path / "run", "optim.max_steps=220", "optim.milestones=[180]",
                          "batch_size=4", "data.train_sizes=[77]", "data.flip_probability=0",
                          "data.crop_probability=0", "data.color_jitter=0", "data.hue_jitter=0",
-                         "checkpoint_interval=1000")
+                         "checkpoint_interval=1000", "eval_interval=220", "eval_ap_images=4", "data.val_size=96",
+                         f"data.val_annotations={root / 'instances.json'}", f"data.val_images={root}")
     result = engine.train(config, device="cpu", show_progress=False)
     losses = [step.loss for step in result.history]
     assert np.mean(losses[-10:]) < 0.3 * np.mean(losses[:10])
@@ -170,3 +171,7 @@ def test_tiny_model_overfits_a_few_images_to_mask_ap50_above_0_9(tmp_path, singl
     ap, ap50 = evaluation.stats[0], evaluation.stats[1]
     assert ap50 >= 0.9, f"mask AP50 {ap50:.3f} after overfitting 4 images"
     assert ap >= 0.5, f"mask AP {ap:.3f}"
+    # the periodic evaluation inside training (no pruning, same 96 px letterbox) agrees
+    rows = (tmp_path / "run" / "val_metrics.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert int(last[0]) == 220 and float(last[header.index("mask_AP50")]) >= 0.9

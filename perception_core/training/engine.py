@@ -244,6 +244,29 @@ def evaluate_loss(run: Run, loader: DataLoader) -> dict[str, float]:
     return mean_over_ranks(means, run.info)
 
 
+def evaluate_ap(run: Run, dataset, limit: int) -> dict[str, float]:
+    """COCO box/mask AP (pycocotools) of a copy of the model on the first `limit` images of a COCO
+    val set, at the val size, without pruning; {} for video val sets."""
+    import copy
+
+    from ..evaluation.coco_eval import evaluate_coco
+    from ..evaluation.predict import ModelRunner, predict_coco
+    from .datasets import CocoDataset, read_annotation_file
+
+    if not isinstance(dataset, CocoDataset):
+        return {}
+    model = copy.deepcopy(unwrap(run.model)).cpu()
+    size = -(-run.config.data.val_size // 32) * 32
+    runner = ModelRunner.from_torch(model, size=size, prune=False)
+    ids = [category for category, _ in sorted(dataset.label_of.items(), key=lambda item: item[1])]
+    data = read_annotation_file(dataset.annotation_file)
+    data["images"] = data["images"][:limit]
+    detections, _ = predict_coco(runner, data, dataset.image_root, dataset.category_names, ids, progress=False)
+    result = evaluate_coco(data, detections, category_ids=ids, image_ids=[image["id"] for image in data["images"]])
+    return {"box_AP": result.stats["bbox"]["AP"] or 0.0, "mask_AP": result.stats["segm"]["AP"] or 0.0,
+            "mask_AP50": result.stats["segm"]["AP50"] or 0.0}
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def capture_rng_states() -> dict:
@@ -384,7 +407,10 @@ class StepHooks:
             # A forked RNG: evaluating (point sampling) must not change the training trajectory.
             devices = [run.info.device] if run.info.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
-                self.logger.record_eval(step, evaluate_loss(run, self.val_loader))
+                metrics = evaluate_loss(run, self.val_loader)
+                if run.info.is_main and config.eval_ap_images:
+                    metrics.update(evaluate_ap(run, self.val_loader.dataset, config.eval_ap_images))
+                self.logger.record_eval(step, metrics)
         if step % config.checkpoint_interval == 0 or step == config.optim.max_steps:
             self.save(run)
 
@@ -417,7 +443,8 @@ def _publish(path: Path, link: Path) -> None:
 # ----------------------------------------------------------------------------- logging
 
 TRAIN_COLUMNS = ("step", "lr", "loss", *LOSS_NAMES, "grad_norm", "skipped_steps", "seconds_per_step")
-EVAL_COLUMNS = ("step", "loss", *LOSS_NAMES, "nonfinite_batches")
+AP_COLUMNS = ("box_AP", "mask_AP", "mask_AP50")
+EVAL_COLUMNS = ("step", "loss", *LOSS_NAMES, "nonfinite_batches", *AP_COLUMNS)
 
 
 class MetricsLogger:

@@ -133,6 +133,7 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 5  # abort after this many non-finite losses in a row
     log_interval: int = 20              # steps between CSV/TensorBoard rows
     eval_interval: int = 1000           # steps between validation-loss passes; 0 = never
+    eval_ap_images: int = 100           # COCO box/mask AP on this many val images at each evaluation; 0 = off
     checkpoint_interval: int = 1000     # steps between checkpoints; the last step always saves
     output_dir: str = "runs/mobius_nano_synth"  # checkpoints/, metrics.csv, tensorboard/, config.yaml
     seed: int = 0                       # model init, data order and augmentation
@@ -143,6 +144,7 @@ class TrainConfig:
         _check(self.amp in AMP_MODES, f"amp={self.amp!r}; choose one of {list(AMP_MODES)}")
         _check(self.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite must be >= 1")
         _check(self.log_interval >= 1, f"log_interval={self.log_interval} must be >= 1")
+        _check(self.eval_ap_images >= 0, f"eval_ap_images={self.eval_ap_images} must be >= 0 (0 = off)")
         _check(self.eval_interval >= 0, f"eval_interval={self.eval_interval} must be >= 0 (0 = off)")
         _check(self.checkpoint_interval >= 1, f"checkpoint_interval={self.checkpoint_interval} must be >= 1")
         _check(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir must be set")
