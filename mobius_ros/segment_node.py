@@ -148,7 +148,8 @@ class SegmentNode(LifecycleNode):
             config = parameters.processor_config(values)
             processor = FrameProcessor(config, values["prompts"])
         except (FileNotFoundError, ValueError, OSError) as error:
-            self.get_logger().error(f"configure failed: {error}")
+            hint = "" if "model_path" in str(error) else " (node parameters: model_path, backend, prompts)"
+            self.get_logger().error(f"configure failed: {error}{hint}")
             return TransitionCallbackReturn.FAILURE
         except Exception as error:  # onnxruntime/torch internals: still one line, never a traceback
             self.get_logger().error(f"configure failed: could not load the model ({type(error).__name__}: "
@@ -311,7 +312,8 @@ class SegmentNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         snapshot = self._stats.snapshot(self._slot.dropped)
-        hardware = self._processor.config.backend if self._processor is not None else "none"
+        processor = self._processor  # cleanup may clear the attribute meanwhile
+        hardware = processor.config.backend if processor is not None else "none"
         msg = outputs.diagnostics_msg(snapshot, self.get_fully_qualified_name(), self._state, self.get_clock().now().to_msg(),
                                       self._types, hardware)
         if msg is not None:

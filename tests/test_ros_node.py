@@ -64,36 +64,12 @@ def clip() -> list[np.ndarray]:
     return frames
 
 
-class Ros:
-    """One context, one executor thread, one client node with the test's publishers/subscribers."""
-
-    def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
-        self.client = rclpy.create_node("mobius_test_client", context=self.context)
-        self.executor.add_node(self.client)
-        self.logs: list[Log] = []
-        self.client.create_subscription(Log, "/rosout", self.logs.append,
-                                        QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.client.destroy_node()
-        self.context.try_shutdown()
-        self.thread.join(5)
-
-    def node_logs(self, level: int) -> list[str]:
-        return [log.msg for log in list(self.logs) if log.name.endswith("mobius_segmenter") and log.level >= level]
-
-
 @pytest.fixture(scope="module")
-def ros():
-    session = Ros()
-    yield session
-    session.close()
+def context():
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    context.try_shutdown()
 
 
 def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> None:
@@ -105,27 +81,38 @@ def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> Non
 
 
 class Rig:
-    """A SegmentNode in namespace `ns` plus the client's publisher and output subscriptions."""
+    """A SegmentNode in namespace `ns`, a client node with the test's publisher, output
+    subscriptions and a /rosout listener, and an executor thread spinning both. Entities are only
+    destroyed after the executor stopped (destroying them under a spinning executor is racy)."""
 
-    def __init__(self, ros: Ros, ns: str, overrides: dict, compressed: bool = False) -> None:
-        self.ros, self.ns = ros, ns
+    def __init__(self, context, ns: str, overrides: dict, compressed: bool = False) -> None:
+        self.ns = ns
         overrides = {**overrides, "input_topic": f"/{ns}/camera/image", "input_compressed": compressed}
-        self.node = SegmentNode(context=ros.context, namespace=ns,
+        self.node = SegmentNode(context=context, namespace=ns,
                                 parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        ros.executor.add_node(self.node)
+        self.client = client = rclpy.create_node("mobius_test_client", namespace=ns, context=context)
         base = f"/{ns}/mobius_segmenter"
         self.ids: dict[tuple[int, int], Image] = {}
         self.info: dict[tuple[int, int], dict] = {}
         self.overlays: dict[tuple[int, int], Image] = {}
         self.diagnostics: list[DiagnosticArray] = []
-        client = ros.client
+        self.logs: list[Log] = []
         self.subscriptions = [
             client.create_subscription(Image, f"{base}/instances", lambda m: self.ids.__setitem__(_key(m), m), RELIABLE),
             client.create_subscription(String, f"{base}/instances_info", self._on_info, RELIABLE),
             client.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE),
+            client.create_subscription(Image, f"{base}/overlay", lambda m: self.overlays.__setitem__(_key(m), m),
+                                       RELIABLE) if compressed else None,
+            client.create_subscription(Log, "/rosout", self.logs.append,
+                                       QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)),
         ]
         topic = f"/{ns}/camera/image" + ("/compressed" if compressed else "")
         self.publisher = client.create_publisher(CompressedImage if compressed else Image, topic, RELIABLE)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(client)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
 
     def _on_info(self, msg: String) -> None:
         data = messages.parse_records_json(msg.data)
@@ -135,6 +122,15 @@ class Rig:
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         if msg.status and msg.status[0].name == f"{self.node.get_fully_qualified_name()}: segmentation":
             self.diagnostics.append(msg)
+
+    def node_logs(self, level: int) -> list[str]:
+        return [log.msg for log in list(self.logs) if log.name == f"{self.ns}.mobius_segmenter" and log.level >= level]
+
+    def wait_for_rosout(self) -> None:
+        """Until the client hears the node's /rosout (log lines before that would be missed)."""
+        wait_until(lambda: any(info.node_name == "mobius_segmenter" and info.node_namespace == f"/{self.ns}"
+                               for info in self.client.get_publishers_info_by_topic("/rosout")),
+                   what="the node's /rosout publisher")
 
     def start(self) -> None:
         assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -150,11 +146,10 @@ class Rig:
         return key
 
     def close(self) -> None:
-        for sub in self.subscriptions:
-            self.ros.client.destroy_subscription(sub)
-        self.ros.client.destroy_publisher(self.publisher)
-        self.ros.executor.remove_node(self.node)
+        self.executor.shutdown()
+        self.thread.join(10)
         self.node.destroy_node()
+        self.client.destroy_node()
 
 
 def _key(msg) -> tuple[int, int]:
@@ -166,11 +161,11 @@ def header(index: int, frame_id: str = "camera_optical") -> Header:
 
 
 @pytest.fixture
-def rig(ros, tiny_model, request):
+def rig(context, tiny_model):
     rigs = []
 
     def make(ns: str, compressed: bool = False, **overrides) -> Rig:
-        made = Rig(ros, ns, {**tiny_model, **overrides}, compressed)
+        made = Rig(context, ns, {**tiny_model, **overrides}, compressed)
         rigs.append(made)
         return made
 
@@ -215,12 +210,12 @@ def test_outputs_keep_headers_and_match_the_processor(rig, clip):
     assert set.intersection(*track_ids), f"no track survives the clip: {track_ids}"
 
 
-def test_prompt_parameter_change_alters_labels(rig, ros, clip):
+def test_prompt_parameter_change_alters_labels(rig, clip):
     r = rig("prompts")
     r.start()
     before = r.info[r.send(array_to_image(clip[0], "rgb8", header(0)))]
     assert {rec["label"] for rec in before["instances"]} <= set(PROMPTS) and before["instances"]
-    client = AsyncParameterClient(ros.client, f"/prompts/mobius_segmenter")
+    client = AsyncParameterClient(r.client, "/prompts/mobius_segmenter")
     assert client.wait_for_services(10)
     new = ["green triangle", "yellow square"]
     results = client.set_parameters([Parameter("prompts", value=new)])
@@ -234,19 +229,13 @@ def test_prompt_parameter_change_alters_labels(rig, ros, clip):
     assert after["instances"] and {rec["label"] for rec in after["instances"]} <= set(new)
 
 
-def test_compressed_input_and_overlay(rig, ros, clip):
+def test_compressed_input_and_overlay(rig, clip):
     r = rig("compressed", compressed=True)
     r.start()
-    overlay_sub = ros.client.create_subscription(
-        Image, "/compressed/mobius_segmenter/overlay", lambda m: r.overlays.__setitem__(_key(m), m), RELIABLE)
-    try:
-        wait_until(lambda: overlay_sub.get_publisher_count() > 0, what="overlay discovery")
-        wait_until(lambda: r.node._out_pubs["overlay"].get_subscription_count() > 0, what="overlay match")
-        png = r.send(rgb_to_compressed(clip[0], "png", header(0)))
-        jpeg = r.send(rgb_to_compressed(clip[1], "jpeg", header(1)))
-        wait_until(lambda: png in r.overlays and jpeg in r.overlays, what="overlays")
-    finally:
-        ros.client.destroy_subscription(overlay_sub)
+    wait_until(lambda: r.node._out_pubs["overlay"].get_subscription_count() > 0, what="overlay match")
+    png = r.send(rgb_to_compressed(clip[0], "png", header(0)))
+    jpeg = r.send(rgb_to_compressed(clip[1], "jpeg", header(1)))
+    wait_until(lambda: png in r.overlays and jpeg in r.overlays, what="overlays")
     expected = direct_results(r.node, clip[:1])[0]  # png is lossless: the same frame as the raw one
     np.testing.assert_array_equal(image_to_array(r.ids[png]), expected.id_image)
     for key, frame in ((png, clip[0]), (jpeg, clip[1])):
@@ -256,8 +245,9 @@ def test_compressed_input_and_overlay(rig, ros, clip):
         assert not np.array_equal(overlay, frame)  # masks were drawn
 
 
-def test_bad_messages_are_logged_skipped_and_counted(rig, ros, clip):
+def test_bad_messages_are_logged_skipped_and_counted(rig, clip):
     r = rig("bad")
+    r.wait_for_rosout()
     r.start()
     unsupported = array_to_image(clip[0], "rgb8", header(0))
     unsupported.encoding = "xyz16"
@@ -273,23 +263,24 @@ def test_bad_messages_are_logged_skipped_and_counted(rig, ros, clip):
     assert not {(1000, 7), (1001, 1007), (1002, 2007)} & set(r.ids)
     wait_until(lambda: any(outputs.diagnostics_values(d).get("frames_bad") == "3" for d in r.diagnostics),
                what="diagnostics counting 3 bad frames")
-    warnings = "\n".join(ros.node_logs(Log.WARN))
+    warnings = "\n".join(r.node_logs(Log.WARN))
     assert "unsupported image encoding 'xyz16'" in warnings
     assert "needs" in warnings and "step 5 is smaller" in warnings
 
 
-def test_configure_fails_clearly_on_missing_or_broken_model(rig, ros, tiny_model, tmp_path):
+def test_configure_fails_clearly_on_missing_or_broken_model(rig, tiny_model, tmp_path):
     missing = tmp_path / "nowhere.onnx"
     r = rig("missing", backend="onnx", model_path=str(missing))
+    r.wait_for_rosout()
     assert r.node.trigger_configure() == TransitionCallbackReturn.FAILURE
-    wait_until(lambda: any(str(missing) in m for m in ros.node_logs(Log.ERROR)), what="error log")
-    error = next(m for m in ros.node_logs(Log.ERROR) if str(missing) in m)
+    wait_until(lambda: any(str(missing) in m for m in r.node_logs(Log.ERROR)), what="error log")
+    error = next(m for m in r.node_logs(Log.ERROR) if str(missing) in m)
     assert "not found" in error and "model_path" in error and "Traceback" not in error
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx graph")
     r.node.set_parameters([Parameter("model_path", value=str(broken))])
     assert r.node.trigger_configure() == TransitionCallbackReturn.FAILURE
-    wait_until(lambda: any(str(broken) in m for m in ros.node_logs(Log.ERROR)), what="error log (broken)")
+    wait_until(lambda: any(str(broken) in m for m in r.node_logs(Log.ERROR)), what="error log (broken)")
     # the node stays unconfigured and can be configured once the parameter is fixed
     fixed = r.node.set_parameters([Parameter("backend", value="torch"),
                                    Parameter("model_path", value=tiny_model["model_path"])])
@@ -318,9 +309,40 @@ def test_fast_publisher_drops_frames_instead_of_queueing(rig, clip):
     wait_until(settled, what="diagnostics of the last frame")
     values = settled()
     counts = {k: int(v) for k, v in values.items() if k.startswith("frames_")}
-    assert counts["frames_dropped"] == len(keys) - len(served) > 0
+    assert counts["frames_processed"] == len(served) and counts["frames_dropped"] > 0
     assert counts["frames_processed"] + counts["frames_dropped_by_node"] == counts["frames_received"]
-    assert counts["frames_received"] + counts["frames_dropped_before_node"] == len(keys)
+    # sequence gaps count from the first frame the node saw: frames before it are invisible to it
+    seen = counts["frames_received"] + counts["frames_dropped_before_node"]
+    assert len(keys) - keys.index(served[0]) <= seen <= len(keys)
     assert {"latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "rate_hz", "kept_queries_per_layer",
             "decoder_gflops"} <= set(values)
     assert [int(k) for k in values["kept_queries_per_layer"].split()][0] > 0
+
+
+def test_latest_frame_slot_keeps_only_the_newest():
+    from mobius_ros.frame_slot import LatestFrameSlot
+
+    slot = LatestFrameSlot()
+    assert [slot.put(i) for i in range(3)] == [False, True, True]
+    assert slot.take(0.1)[0] == 2 and slot.dropped == 2
+    assert slot.take(0.05) is None
+    taken = []
+    waiter = threading.Thread(target=lambda: taken.append(slot.take(10)))
+    waiter.start()
+    slot.close()  # wakes the blocked worker at once
+    waiter.join(5)
+    assert not waiter.is_alive() and taken == [None]
+
+
+def test_stats_count_sequence_gaps_per_publisher():
+    from mobius_ros.node_stats import NodeStats
+
+    stats = NodeStats()
+    for publisher, sequence in [(b"a", 1), (b"a", 2), (b"a", 5), (b"b", 1), (b"b", 3), (b"c", 0), (None, None)]:
+        stats.record_received(publisher, sequence)
+    for latency in (10.0, 20.0, 30.0):
+        stats.record_frame(latency, 2, [16, 8], 0.5)
+    snapshot = stats.snapshot(dropped_by_node=4)
+    assert snapshot.dropped_before_node == 3 and snapshot.dropped == 7 and snapshot.received == 7
+    assert snapshot.latency_ms["p50"] == 20.0 and snapshot.latency_ms["max"] == 30.0
+    assert snapshot.kept_per_layer == [16, 8] and snapshot.decoder_gflops == 0.5 and snapshot.instances == 2
