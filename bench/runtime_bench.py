@@ -1,0 +1,15 @@
+"""Runtime benchmark (same as `mobius bench`): FrameProcessor latency per stage and FPS at 384 px,
+onnxruntime vs torch, 1 vs 2 threads, every-frame decoding vs kernel reuse T=3. Writes
+docs/bench_runtime.md (a section of docs/BENCHMARKS.md).
+
+    python bench/runtime_bench.py [--frames 24 --repeats 3 --out docs/bench_runtime.md]
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from perception_core.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", *sys.argv[1:]]))
