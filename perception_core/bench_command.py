@@ -136,7 +136,7 @@ def text_encoding_ms(prompts: list[str]) -> tuple[float, float]:
 
 
 def markdown(rows: list[BenchRow], model: BenchModel, frames: list, prompts: list[str], repeats: int,
-             size: int, text_ms: tuple[float, float]) -> str:
+             size: int, text_ms: tuple[float, float], load: tuple[float, ...]) -> str:
     base = next((r for r in rows if (r.backend, r.threads, r.kernel_reuse) == ("onnx", 2, 1)), rows[0])
     height, width = frames[0].shape[:2]
     lines = [
@@ -144,7 +144,8 @@ def markdown(rows: list[BenchRow], model: BenchModel, frames: list, prompts: lis
         f"Model: {'shipped ' + model.preset if model.trained else model.preset + ' with RANDOM weights (no shipped model yet)'}, "
         f"input {size}x{size}; clip {len(frames)} frames {width}x{height} (procedural 'normal' scene), prompts "
         f"{prompts}; {repeats} repeats after warm-up. Machine: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} logical CPUs, shared with other jobs: compare rows of this table, not across runs.", "",
+        f"{os.cpu_count()} logical CPUs, load average {load[0]:.1f} before / {os.getloadavg()[0]:.1f} after "
+        f"(other jobs share the machine): compare rows of this table, not across runs.", "",
         "Stage columns: median ms over all frames. Frame ms: median over repeats of the mean time per frame "
         "(what sets throughput); FPS = 1000 / frame ms. Keyframe / reuse: median total ms of fully decoded "
         "frames / of kernel-reuse frames. vs base: frame-time ratio to "
@@ -197,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     frames, _ = generate_video(7, make_config("normal", frames=(args.frames, args.frames)))
     configs = [(b, int(t), int(k)) for b in args.backends.split(",") for t in args.threads.split(",")
                for k in args.kernel_reuse.split(",")]
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         model = bench_model(Path(folder), args.size, frames[0], prompts)
         size = 384 if model.trained else args.size
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append(run_config(model, frames, prompts, backend, threads, reuse, args.repeats, args.warmup, size))
             tqdm.write(f"[bench] {backend} threads={threads} T={reuse}: {rows[-1].frame_ms:.1f} ms/frame "
                        f"({rows[-1].fps:.1f} FPS)")
-        text = markdown(rows, model, frames, prompts, args.repeats, size, text_encoding_ms(prompts))
+        text = markdown(rows, model, frames, prompts, args.repeats, size, text_encoding_ms(prompts), load)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
-"""A tiny MOBIUS model with decisive random weights, exported once and shared by the runtime tests
-(test_processor.py, test_infer.py): weights, preset YAML, ONNX and kernel-reuse mask graph.
+"""A tiny MOBIUS model with decisive random weights shared by the runtime tests: weights and preset
+YAML (tiny_weights, for the torch backend), plus the exported ONNX and kernel-reuse mask graph
+(tiny_model, for onnxruntime). The same seed gives the same weights in both.
 
 Exporting costs ~40 s on a busy 2-core machine, so the files are cached in .pytest_cache/ under a
 hash of everything that determines them (model, config and export code, torch version, TINY, SIZE);
@@ -27,7 +28,7 @@ _SOURCES = ("perception_core/model/*.py", "perception_core/config.py", "config/m
 class TinyModel:
     weights: Path
     preset: Path
-    onnx: Path
+    onnx: Path | None
     size: int = SIZE
 
 
@@ -41,33 +42,55 @@ def _fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def _build(folder: Path) -> None:
+def _model():
     import torch
-    import yaml
 
-    from perception_core.config import load_model_config, to_dict
-    from perception_core.model.build import build_from_name, save_weights
-    from perception_core.runtime.export import export_onnx
-    from perception_core.runtime.export_kernels import export_mask_graph, mask_graph_path
+    from perception_core.model.build import build_from_name
 
     torch.manual_seed(0)
     model = build_from_name("mobius_nano", TINY)
     with torch.no_grad():  # spread the random confidences over (0, 1) instead of all near the 0.01 prior
         model.decoder.classifier.bias.fill_(0.0)
         model.decoder.classifier.logit_scale.fill_(3.0)
+    return model
+
+
+def _write(folder: Path, onnx: bool) -> None:
+    import yaml
+
+    from perception_core.config import load_model_config, to_dict
+    from perception_core.model.build import save_weights
+    from perception_core.runtime.export import export_onnx
+    from perception_core.runtime.export_kernels import export_mask_graph, mask_graph_path
+
+    model = _model()
     save_weights(model, folder / "tiny.safetensors")
     (folder / "tiny.yaml").write_text(yaml.safe_dump(to_dict(load_model_config("mobius_nano", TINY))))
-    export_mask_graph(model, mask_graph_path(export_onnx(model, folder / "tiny.onnx", SIZE)), SIZE)
+    if onnx:
+        export_mask_graph(model, mask_graph_path(export_onnx(model, folder / "tiny.onnx", SIZE)), SIZE)
+
+
+def _cached(kind: str, onnx: bool) -> Path:
+    folder = ROOT / ".pytest_cache" / "mobius_tiny_model" / f"{kind}-{_fingerprint()}"
+    if not (folder / "tiny.yaml").is_file():
+        partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        _write(partial, onnx)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)       # concurrent test runs never see half-written files
+    return folder
 
 
 @functools.lru_cache(maxsize=1)
 def tiny_model() -> TinyModel:
-    folder = ROOT / ".pytest_cache" / "mobius_tiny_model" / _fingerprint()
-    if not (folder / "tiny.masks.onnx").is_file():
-        partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        _build(partial)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)       # concurrent test runs never see half-written files
+    """Weights, preset and the exported ONNX + mask graph (the export takes ~40 s once)."""
+    folder = _cached("onnx", onnx=True)
     return TinyModel(folder / "tiny.safetensors", folder / "tiny.yaml", folder / "tiny.onnx")
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_weights() -> TinyModel:
+    """Weights and preset only (torch backend; seconds). `onnx` is None."""
+    folder = _cached("torch", onnx=False)
+    return TinyModel(folder / "tiny.safetensors", folder / "tiny.yaml", None)

@@ -1,4 +1,4 @@
-"""`mobius infer` end to end on a generated clip with the tiny exported model: the overlay video
+"""`mobius infer` end to end on a generated clip with a tiny random-weights model: the overlay video
 decodes with the right frame count, the YouTube-VIS json has one segmentation per frame per track
 and decodes back to the processor's masks, prompt switches change labels, inputs of every kind."""
 import json
@@ -14,7 +14,7 @@ from perception_core.runtime.processor import FrameProcessor, ProcessorConfig
 from perception_core.runtime.ytvis_results import to_ytvis_results
 from perception_core.training.synth.config import make_config
 from perception_core.training.synth.video import generate_video
-from runtime_models import tiny_model
+from runtime_models import tiny_weights
 
 FRAMES = 6
 
@@ -36,8 +36,10 @@ def clip(tmp_path_factory):
 
 
 def model_args():
-    model = tiny_model()
-    return ["--onnx", str(model.onnx), "--config", str(model.preset), "--threads", "1", "--threshold", "0.5"]
+    """The torch backend (no export needed); onnxruntime = torch is tested in test_processor.py."""
+    model = tiny_weights()
+    return ["--weights", str(model.weights), "--config", str(model.preset), "--size", str(model.size),
+            "--threads", "1", "--threshold", "0.5"]
 
 
 def count_frames(path):
@@ -68,8 +70,9 @@ def test_infer_video_writes_overlay_and_ytvis_results(clip, tmp_path):
 
 def test_results_decode_to_the_processor_masks(clip):
     frames, _, _ = clip
-    model = tiny_model()
-    config = ProcessorConfig(model=str(model.onnx), preset=str(model.preset), threads=1, score_threshold=0.5)
+    model = tiny_weights()
+    config = ProcessorConfig(backend="torch", model=str(model.weights), preset=str(model.preset), size=model.size,
+                             threads=1, score_threshold=0.5)
     results = run_video(FrameProcessor(config, ["red star", "circle"]), frames, progress=False)
     assert len(results) == FRAMES
     entries = to_ytvis_results(results, video_id=7)
