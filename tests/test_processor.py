@@ -161,3 +161,15 @@ def test_decoder_cost_matches_flop_counter():
     estimate = decoder_gflops(DecoderShape.from_config(model.config, 64), kept, prompts=5)
     assert estimate == pytest.approx(measured, rel=0.05)
     assert torch.is_tensor(next(model.parameters()))
+
+
+def test_confirmed_tracks_are_carried_as_queries_and_keep_their_ids(clip):
+    processor = make("torch")
+    results = [processor.process(clip[0]) for _ in range(5)]    # a still scene
+    first = {i.track_id for i in results[0].instances}
+    assert first and results[0].kept_per_layer[0] == 30         # K = 30 selected queries, nothing carried
+    # after confirm_hits=2 frames every reported track is confirmed and its query enters the decoder
+    assert results[2].kept_per_layer[0] == 30 + len(results[1].instances)
+    for result in results[1:]:
+        assert first <= {i.track_id for i in result.instances}
+    assert all(i.age == 4 for i in results[4].instances if i.track_id in first)
