@@ -303,3 +303,25 @@ def test_record_writes_its_entry_and_keeps_the_others(tmp_path, tiny_split, caps
     root, data = tiny_split
     code, _, err = run_eval(capsys, "--weights", str(root / "tiny.safetensors"), "--data", str(data), "--record")
     assert code == 2 and "shipped model" in err
+
+
+def test_training_checkpoint_brings_its_own_architecture(tiny_split, tmp_path):
+    """A `mobius train` checkpoint ({"model", "config": {"model": {preset, overrides}}}) loads
+    without --preset: the architecture comes from the checkpoint, overrides included."""
+    import torch
+
+    from perception_core.evaluation.predict import load_torch_model
+    from perception_core.model.build import build_from_name
+
+    root, _ = tiny_split
+    torch.manual_seed(1)
+    model = build_from_name(str(root / "tiny.yaml"), ["decoder.num_layers=3"])
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": model.state_dict(), "step": 5,
+                "config": {"model": {"preset": str(root / "tiny.yaml"), "overrides": {"decoder": {"num_layers": 3}}}}},
+               path)
+    loaded = load_torch_model(path)
+    assert loaded.config.decoder.num_layers == 3 and loaded.deployed
+    assert torch.equal(loaded.state_dict()["decoder.level_embed"], model.state_dict()["decoder.level_embed"])
+    with pytest.raises(ValueError, match="do not match"):
+        load_torch_model(path, preset=str(root / "tiny.yaml"))  # 2 layers: the weights do not fit
