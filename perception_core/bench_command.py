@@ -139,9 +139,10 @@ def markdown(rows: list[BenchRow], model: BenchModel, frames: list, prompts: lis
              size: int, text_ms: tuple[float, float], load: tuple[float, ...]) -> str:
     base = next((r for r in rows if (r.backend, r.threads, r.kernel_reuse) == ("onnx", 2, 1)), rows[0])
     height, width = frames[0].shape[:2]
+    name = f"shipped {model.preset}" if model.trained else f"{model.preset} with RANDOM weights (no shipped model yet)"
     lines = [
         "## Runtime: FrameProcessor latency per stage (`mobius bench`)", "",
-        f"Model: {'shipped ' + model.preset if model.trained else model.preset + ' with RANDOM weights (no shipped model yet)'}, "
+        f"Model: {name}, "
         f"input {size}x{size}; clip {len(frames)} frames {width}x{height} (procedural 'normal' scene), prompts "
         f"{prompts}; {repeats} repeats after warm-up. Machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} logical CPUs, load average {load[0]:.1f} before / {os.getloadavg()[0]:.1f} after "

@@ -52,7 +52,8 @@ def run(script, config=TrackerConfig(), scene=None, duplicates=False, tracker=No
     for frame, objects in enumerate(script):
         outputs = tracker.update(scene.detect(tracker, objects, duplicates))
         names = [o.detection.payload for o in outputs]
-        assert len(names) == len(set(names)), f"frame {frame}: an object got two tracks {[(o.track_id, o.detection.payload) for o in outputs]}"
+        pairs = [(o.track_id, o.detection.payload) for o in outputs]
+        assert len(names) == len(set(names)), f"frame {frame}: an object got two tracks {pairs}"
         reported.append({o.detection.payload: o.track_id for o in outputs})
     return reported, tracker
 

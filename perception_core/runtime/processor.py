@@ -85,6 +85,9 @@ class FrameResult:
     decoder_gflops: float | None      # estimated decoder cost of this frame (None if unknown)
 
 
+_FrameOutput = tuple[list[TrackedInstance], list[int], "float | None"]  # instances, kept_per_layer, GFLOPs
+
+
 @dataclass
 class _Keyframe:
     """What frames between keyframes reuse."""
@@ -154,7 +157,7 @@ class FrameProcessor:
 
     # ------------------------------------------------------------------ keyframes
 
-    def _decode(self, feed: dict, letterbox: Letterbox, timings: dict) -> tuple[list[TrackedInstance], list[int], float | None]:
+    def _decode(self, feed: dict, letterbox: Letterbox, timings: dict) -> _FrameOutput:
         """Full model + tracker."""
         queries, boxes = self.tracker.track_queries(self.backend.hidden_dim)
         tic = time.perf_counter()
@@ -201,7 +204,7 @@ class FrameProcessor:
 
     # ------------------------------------------------------------------ frames between keyframes
 
-    def _reuse(self, feed: dict, keyframe: _Keyframe, timings: dict) -> tuple[list[TrackedInstance], list[int], float | None]:
+    def _reuse(self, feed: dict, keyframe: _Keyframe, timings: dict) -> _FrameOutput:
         """Image encoder + pixel decoder only; the keyframe's kernels give the masks."""
         tic = time.perf_counter()
         masks = self.backend.masks(feed, keyframe.query_embed) if keyframe.outputs else None

@@ -166,7 +166,8 @@ class Tracker:
                 blockers.append(len(accepted) + index)
         return [fresh[i - len(accepted)] for i in blockers[len(accepted):]]
 
-    def _associate(self, fresh: list[Detection], candidates: list[Track]) -> tuple[dict[int, Detection], list[Detection]]:
+    def _associate(self, fresh: list[Detection],
+                   candidates: list[Track]) -> tuple[dict[int, Detection], list[Detection]]:
         """Hungarian assignment on 1 - similarity; pairs below match_threshold are rejected."""
         if not fresh or not candidates:
             return {}, fresh
