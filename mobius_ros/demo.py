@@ -198,7 +198,7 @@ def _print(summary: dict) -> None:
           f"{summary['end_to_end_latency_ms']['p50']:.1f} ms")
     print(f"[ros-demo] instances per frame {summary['instances_per_frame_mean']:.1f}, by label "
           f"{summary['instances_per_label']}; kept queries per layer [{summary['kept_queries_per_layer']}], "
-          f"decoder {summary['decoder_gflops']} GFLOPs/frame")
+          f"decoder GFLOPs/frame {summary['decoder_gflops'] or 'unknown (no model config for this graph)'}")
     if summary["note"]:
         print(f"[ros-demo] NOTE: {summary['note']}")
     print(f"[ros-demo] overlay video ({summary['overlay_frames_written']} frames): {summary['video']}")
