@@ -173,3 +173,20 @@ def test_confirmed_tracks_are_carried_as_queries_and_keep_their_ids(clip):
     for result in results[1:]:
         assert first <= {i.track_id for i in result.instances}
     assert all(i.age == 4 for i in results[4].instances if i.track_id in first)
+
+
+def test_default_prompts_come_from_the_shipped_embeddings(tmp_path, monkeypatch):
+    from perception_core import assets
+    from perception_core.model.text_encoder import MiniLMTextEncoder, save_prompt_embeddings
+    from perception_core.runtime import prompts as prompt_module
+
+    # a shipped file whose vectors are those of other words: proves it is read instead of re-encoding
+    stand_in = MiniLMTextEncoder().encode(["alpha", "beta", "gamma", "delta"])
+    save_prompt_embeddings(tmp_path / "shipped.safetensors", list(assets.DEFAULT_PROMPTS), stand_in)
+    monkeypatch.setattr(assets, "PROMPT_EMBEDDINGS", tmp_path / "shipped.safetensors")
+    monkeypatch.setattr(prompt_module, "_SHIPPED", None)
+    names, text = prompt_module.encode_prompts(list(assets.DEFAULT_PROMPTS))
+    assert names == list(assets.DEFAULT_PROMPTS)
+    np.testing.assert_array_equal(text["text_pooled"], stand_in.pooled.numpy())
+    _, other = prompt_module.encode_prompts(list(assets.DEFAULT_PROMPTS[:2]))   # any other list: MiniLM
+    assert not np.allclose(other["text_pooled"], stand_in.pooled.numpy()[:2])
