@@ -7,7 +7,7 @@
 #   make clean / make distclean   caches and build outputs / the same plus .venv
 #   make lock    re-resolve requirements*.txt in a scratch venv and rewrite constraints.txt
 # `make setup` is idempotent: stamps in .venv make a second run near-instant unless
-# requirements*.txt, constraints.txt, setup.py, setup.cfg, package.xml, launch/ or config/ changed.
+# requirements*.txt, constraints.txt, setup.py, setup.cfg, package.xml, launch/, config/ or msg/ changed.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -50,7 +50,7 @@ TEST_ENV := $(ROS_ENV) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
 DEPS_STAMP := $(VENV)/.deps-stamp
 SETUP_STAMP := $(VENV)/.setup-stamp
 INSTALLED_DATA := package.xml resource/mobius_ros \
-	$(wildcard launch/*.launch.py config/*.yaml config/models/*.yaml)
+	$(wildcard launch/*.launch.py config/*.yaml config/models/*.yaml msg/*.msg)
 
 .PHONY: help setup check-env test demo bench clean distclean lock
 
