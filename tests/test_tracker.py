@@ -157,3 +157,77 @@ def test_bad_configuration_and_frame_order():
     tracker.update([], frame=5)
     with pytest.raises(ValueError, match="must increase"):
         tracker.update([], frame=5)
+
+
+def square(x, y, size=8):
+    mask = np.zeros((GRID, GRID), bool)
+    mask[y:y + size, x:x + size] = True
+    return mask
+
+
+def detection(label, x, y, embedding, prefix=None, score=0.9):
+    box = np.array([(x + 4) / GRID, (y + 4) / GRID, 8 / GRID, 8 / GRID], np.float32)
+    return Detection(score, label, square(x, y), np.asarray(embedding, np.float64), box, prefix)
+
+
+def confirmed_tracker(objects):
+    """A tracker with one confirmed track per (label, x, y, embedding) after two frames."""
+    tracker = Tracker(TrackerConfig(confirm_hits=2))
+    for _ in range(2):
+        tracker.track_queries(DIM)
+        tracker.update([detection(*o) for o in objects])
+    return tracker
+
+
+def test_a_carried_query_that_drifts_to_another_object_does_not_carry_the_track():
+    rng = np.random.default_rng(1)
+    cross, star = rng.normal(size=DIM), rng.normal(size=DIM)
+    tracker = confirmed_tracker([(0, 4, 4, cross), (1, 30, 30, star)])
+    ids = {t.detection.label: t.track_id for t in tracker.tracks}
+    queries, _ = tracker.track_queries(DIM)
+    assert queries.shape[1] == 2
+    # the cross's query (prefix 0) now describes the star (label 1, star's place); the star's own
+    # query faded; selection finds the cross again as a fresh row
+    outputs = tracker.update([detection(1, 30, 30, star, prefix=0), detection(0, 5, 4, cross)])
+    reported = {o.detection.label: o.track_id for o in outputs}
+    assert reported == {0: ids[0], 1: ids[1]}  # no id switch: each object keeps its own id
+
+
+def test_a_carried_query_that_jumps_away_from_its_mask_is_not_a_continuation():
+    rng = np.random.default_rng(2)
+    first, second = rng.normal(size=DIM), rng.normal(size=DIM)
+    tracker = confirmed_tracker([(0, 4, 4, first), (0, 34, 34, second)])
+    ids = {(t.detection.mask.nonzero()[0][0]): t.track_id for t in tracker.tracks}
+    tracker.track_queries(DIM)
+    # same label, but prefix 0 (the object at y=4) now sits on the other object at y=34
+    outputs = tracker.update([detection(0, 34, 34, second, prefix=0), detection(0, 4, 4, first)])
+    reported = {int(o.detection.mask.nonzero()[0][0]): o.track_id for o in outputs}
+    assert reported == {4: ids[4], 34: ids[34]}
+
+
+def test_a_carried_query_may_switch_prompt_when_it_stays_on_its_object():
+    rng = np.random.default_rng(4)
+    embedding = rng.normal(size=DIM)
+    tracker = confirmed_tracker([(0, 10, 10, embedding)])
+    established = tracker.tracks[0].track_id
+    tracker.track_queries(DIM)
+    outputs = tracker.update([detection(1, 10, 10, embedding, prefix=0)])  # "red star" -> "orange star"
+    assert [(o.track_id, o.detection.label) for o in outputs] == [(established, 1)]
+
+
+def test_association_discounts_other_prompts_and_prefers_established_tracks():
+    rng = np.random.default_rng(3)
+    embedding = rng.normal(size=DIM)
+    tracker = confirmed_tracker([(0, 10, 10, embedding)])
+    established = tracker.tracks[0].track_id
+    tracker.track_queries(DIM)
+    # the object is missed by its carried query; a same-place detection of ANOTHER prompt with an
+    # unrelated query appears: 0.5 x (0.5 x cos 0 + 0.5 x IoU 1) = 0.25 < match_threshold
+    outputs = tracker.update([detection(1, 10, 10, -embedding)])
+    assert [o.track_id for o in outputs] != [established]
+    assert {t.track_id: t.state for t in tracker.tracks}[established] == "lost"
+    # next frame: a duplicate tentative track exists; the real object must go back to its lost track
+    tracker.track_queries(DIM)
+    tracker.update([detection(0, 10, 11, embedding), detection(0, 11, 11, embedding, score=0.5)])
+    states = {t.track_id: t.state for t in tracker.tracks}
+    assert states[established] == "confirmed"

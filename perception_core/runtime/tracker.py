@@ -5,9 +5,12 @@ seen at frame t are fed to the decoder at frame t+1 as extra queries (`track_que
 `track_boxes`), before the language-selected ones. Output row i that came from carried query j
 (kept_indices[i] == j < num_prefix) continues that track when its score stays >= keep_score.
 
-Everything else is associated by the Hungarian algorithm (scipy) to the tracks not continued this
-way (tentative, lost, or confirmed ones whose carried query faded) on a similarity that mixes the
-cosine similarity of query embeddings and mask IoU. Leftover detections start tentative tracks.
+A carried row that drifted to a neighbour (its mask left the track's last mask, or it changed prompt
+without staying in place) is not a continuation.
+Everything else is associated by the Hungarian algorithm (scipy), first to the established tracks
+not continued this way (lost, or confirmed ones whose carried query faded), then to tentative ones,
+on a similarity that mixes the cosine similarity of query embeddings and mask IoU (discounted
+across labels). Leftover detections start tentative tracks.
 
 Life cycle:  tentative --(confirm_hits matches in a row)--> confirmed --(missed)--> lost
              lost --(matched again within max_age frames)--> confirmed;  lost > max_age -> removed
@@ -28,16 +31,20 @@ TENTATIVE, CONFIRMED, LOST = "tentative", "confirmed", "lost"
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    keep_score: float = 0.3            # a carried query continues its track while its score >= this
+    keep_score: float = 0.3            # a carried query continues its track while its score >= this,
+    continue_iou: float = 0.1          # and its mask overlaps the track's last mask at least this much,
+    relabel_iou: float = 0.5           # or this much when its prompt changed (else it drifted to a neighbour)
     confirm_hits: int = 2              # matches in a row that confirm a tentative track
     max_age: int = 30                  # frames a lost track waits for re-identification before removal
     embedding_weight: float = 0.5      # similarity = w * cosine(query embeddings) + (1 - w) * mask IoU
     match_threshold: float = 0.35      # lowest similarity the Hungarian association accepts
+    label_mismatch: float = 0.5        # similarity factor when a detection's prompt differs from the track's
     duplicate_iou: float = 0.7         # a new detection overlapping an accepted one this much is dropped
     max_track_queries: int = 100       # at most this many tracks are carried into the next frame
 
     def __post_init__(self) -> None:
-        for name in ("keep_score", "embedding_weight", "match_threshold", "duplicate_iou"):
+        for name in ("keep_score", "continue_iou", "relabel_iou", "embedding_weight", "match_threshold", "label_mismatch",
+                     "duplicate_iou"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"TrackerConfig.{name}={value} must be in [0, 1]")
@@ -129,8 +136,13 @@ class Tracker:
         self._fed = []                  # the carried queries are used up; track_queries() hands out new ones
         matched.update(continued)
         fresh = self._deduplicate([d for d in detections if d.prefix is None], list(continued.values()))
-        candidates = [t for t in self.tracks if t.track_id not in matched]
-        pairs, unmatched = self._associate(fresh, candidates)
+        # established tracks first, tentative ones get the leftovers (a duplicate that started a
+        # tentative track a frame ago must not steal the object from its real track)
+        established = [t for t in self.tracks if t.track_id not in matched and t.state != TENTATIVE]
+        pairs, unmatched = self._associate(fresh, established)
+        matched.update(pairs)
+        tentative = [t for t in self.tracks if t.track_id not in matched and t.state == TENTATIVE]
+        pairs, unmatched = self._associate(unmatched, tentative)
         matched.update(pairs)
         for detection in unmatched:
             track = Track(self._next_id, TENTATIVE, frame, frame, 0, detection)
@@ -143,14 +155,28 @@ class Tracker:
     # ------------------------------------------------------------------ steps of update()
 
     def _continued(self, detections: Sequence[Detection], by_id: dict[int, Track]) -> dict[int, Detection]:
-        """Rows that came from carried queries and kept their score: {track id: detection}."""
+        """Rows that came from carried queries and still describe their object: {track id: detection}.
+
+        A carried query can drift to a neighbour (occlusion, touching objects); its mask then leaves
+        the track's last mask or switches to the neighbour's prompt. Such rows do not continue the
+        track: they join the fresh detections, where association decides. A prompt change is accepted
+        when the mask stays in place (similar prompts such as "red star" and "orange star" can swap
+        on one object from frame to frame)."""
         continued: dict[int, Detection] = {}
         for detection in sorted((d for d in detections if d.prefix is not None), key=lambda d: -d.score):
             if not 0 <= detection.prefix < len(self._fed) or detection.score < self.config.keep_score:
                 continue
-            track_id = self._fed[detection.prefix]
-            if track_id in by_id and track_id not in continued:
-                continued[track_id] = detection
+            track = by_id.get(self._fed[detection.prefix])
+            if track is None or track.track_id in continued:
+                detection.prefix = None
+                continue
+            overlap = mask_iou_matrix([detection.mask], [track.detection.mask])[0, 0]
+            needed = self.config.continue_iou if detection.label == track.detection.label else self.config.relabel_iou
+            accepted = [d.mask for d in continued.values()]
+            if overlap < needed or (accepted and mask_iou_matrix([detection.mask], accepted).max() > self.config.duplicate_iou):
+                detection.prefix = None     # drifted away, or collapsed onto another track's object
+                continue
+            continued[track.track_id] = detection
         return continued
 
     def _deduplicate(self, fresh: list[Detection], accepted: list[Detection]) -> list[Detection]:
@@ -183,7 +209,8 @@ class Tracker:
         return pairs, [d for i, d in enumerate(fresh) if i not in used]
 
     def similarity(self, detections: list[Detection], previous: list[Detection]) -> np.ndarray:
-        """(D, T): w * cosine(embeddings) + (1 - w) * mask IoU, cosine clipped to [0, 1]."""
+        """(D, T): w * cosine(embeddings) + (1 - w) * mask IoU, cosine clipped to [0, 1]; times
+        label_mismatch where the labels (prompts) differ."""
         a = np.stack([d.embedding for d in detections]).astype(np.float64)
         b = np.stack([d.embedding for d in previous]).astype(np.float64)
         a /= np.linalg.norm(a, axis=1, keepdims=True) + 1e-12
@@ -191,7 +218,8 @@ class Tracker:
         cosine = np.clip(a @ b.T, 0.0, 1.0)
         iou = mask_iou_matrix([d.mask for d in detections], [d.mask for d in previous])
         weight = self.config.embedding_weight
-        return weight * cosine + (1.0 - weight) * iou
+        same_label = np.equal.outer([d.label for d in detections], [d.label for d in previous])
+        return np.where(same_label, 1.0, self.config.label_mismatch) * (weight * cosine + (1.0 - weight) * iou)
 
     def _advance(self, matched: dict[int, Detection], frame: int) -> None:
         """Life-cycle transitions for every track after association."""

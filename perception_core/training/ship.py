@@ -5,6 +5,7 @@
 writes, next to each other:
     mobius_nano.safetensors      the weights (no pickle)
     mobius_nano.onnx             the deployment graph at assets.SIZE px (dynamo, opset 18)
+    mobius_nano.masks.onnx       its kernel-reuse mask graph (runtime/export_kernels.py)
     default_prompts.safetensors  MiniLM embeddings of assets.DEFAULT_PROMPTS
     model.json                   preset, size, training step, prompts trained on, recipe; metrics are
                                  added later by `mobius eval ... --record` (see docs/MODEL_CARD.md)
@@ -25,6 +26,7 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     from ..model.build import build_model, save_weights
     from ..model.text_encoder import MiniLMTextEncoder, save_prompt_embeddings
     from ..runtime.export import export_onnx
+    from ..runtime.export_kernels import export_mask_graph, mask_graph_path
     from .engine import load_checkpoint
     from .recipe import ModelSection
 
@@ -39,7 +41,8 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     stem = model_config.name
     save_weights(model, out / f"{stem}.safetensors")
     with torch.no_grad():
-        export_onnx(model, out / f"{stem}.onnx", size)
+        onnx_path = export_onnx(model, out / f"{stem}.onnx", size)
+        export_mask_graph(model, mask_graph_path(onnx_path), size)  # kernel reuse between keyframes
     prompts = list(assets.DEFAULT_PROMPTS)
     encoder = MiniLMTextEncoder(max_tokens=model_config.text.max_tokens)
     save_prompt_embeddings(out / assets.PROMPT_EMBEDDINGS.name, prompts, encoder.encode(prompts))
