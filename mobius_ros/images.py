@@ -29,6 +29,8 @@ GENERIC_DTYPES = {"8U": np.uint8, "8S": np.int8, "16U": np.uint16, "16S": np.int
                   "32F": np.float32, "64F": np.float64}
 COMPRESSED_MAGIC = {"jpeg": (b"\xff\xd8",), "png": (b"\x89PNG\r\n\x1a\n",)}
 MAX_SIDE = 16384  # larger sides are rejected before allocating anything
+YUV422 = ("uyvy", "yuv422", "yuyv", "yuv422_yuy2")  # two pixels share one chroma pair
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 class ImageDecodeError(ValueError):
@@ -45,6 +47,8 @@ def _encoding_info(encoding: str) -> tuple[np.dtype, int, bool]:
     match = ENC_RE.fullmatch(encoding)
     if match:
         depth, channels = match.groups()
+        if channels is not None and int(channels) < 1:
+            raise ImageDecodeError(f"image encoding {encoding!r} has no channels; use e.g. 8UC1 or 8UC3")
         return np.dtype(GENERIC_DTYPES[depth]), int(channels or 1), False
     raise ImageDecodeError(
         f"unsupported image encoding {encoding!r}; use one of {', '.join(sorted(ENCODINGMAP))} "
@@ -66,6 +70,8 @@ def image_to_array(msg: Any) -> np.ndarray:
         raise ImageDecodeError(f"image size {width}x{height} is invalid (each side must be 1..{MAX_SIDE})")
     if encoding in ("nv12", "nv21") and (height % 2 or width % 2):
         raise ImageDecodeError(f"{encoding} needs an even width and height, got {width}x{height}")
+    if encoding in YUV422 and width % 2:
+        raise ImageDecodeError(f"{encoding} (YUV 4:2:2) needs an even width, got {width}x{height}")
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
         raise ImageDecodeError(f"step {step} is smaller than width x bytes per pixel = {row_bytes} "
@@ -139,8 +145,32 @@ def compressed_codec(msg: Any) -> str:
     return codec
 
 
+def compressed_size(data: bytes, codec: str) -> tuple[int, int] | None:
+    """(width, height) declared by a PNG IHDR or JPEG SOF header; None when no header is found."""
+    if codec == "png":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    index = 2                                          # after SOI; walk the marker segments
+    while index + 9 <= len(data) and data[index] == 0xFF:
+        marker = data[index + 1]
+        if marker == 0xFF:                             # fill byte
+            index += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            index += 2
+        elif marker in _JPEG_SOF:                      # FF Cx len(2) precision(1) height(2) width(2)
+            return int.from_bytes(data[index + 7:index + 9], "big"), int.from_bytes(data[index + 5:index + 7], "big")
+        else:
+            index += 2 + int.from_bytes(data[index + 2:index + 4], "big")
+    return None
+
+
 def _compressed_to_rgb(msg: Any) -> np.ndarray:
-    compressed_codec(msg)
+    codec = compressed_codec(msg)
+    size = compressed_size(bytes(msg.data[:65536]), codec)
+    if size is not None and not (0 < size[0] <= MAX_SIDE and 0 < size[1] <= MAX_SIDE):
+        raise ImageDecodeError(f"compressed {codec} declares {size[0]}x{size[1]} pixels (each side must be "
+                               f"1..{MAX_SIDE}); refused before decoding")
     data = np.frombuffer(msg.data, dtype=np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)  # always 3-channel 8-bit BGR, whatever was stored
     if bgr is None or bgr.size == 0:

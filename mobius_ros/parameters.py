@@ -123,7 +123,10 @@ def load_defaults(path: Path | None = None) -> dict[str, Any]:
     """{parameter name: default} from a ROS parameter file laid out as `/**: ros__parameters: ...`
     (nested keys joined with '.'). ValueError when it does not match SPECS exactly."""
     path = Path(path) if path is not None else find_config()
-    tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:  # includes refused tags such as !!python/object
+        raise ValueError(f"{path} is not valid YAML (read with yaml.safe_load): {error}") from None
     try:
         values = _flatten(tree["/**"]["ros__parameters"])
     except (KeyError, TypeError):
@@ -172,10 +175,15 @@ def validate_model_path(model_path: str, backend: str) -> str | None:
     """The model file as an absolute path (None = shipped default); FileNotFoundError/ValueError otherwise."""
     if not model_path:
         return None
+    if "\0" in model_path:
+        raise ValueError(f"model_path {model_path!r} contains a NUL byte; set it to a plain file path")
     path = Path(model_path).expanduser()
     suffixes = (".onnx",) if backend == "onnx" else (".safetensors", ".pt", ".pth")
     if path.suffix not in suffixes:
         raise ValueError(f"model_path '{model_path}' must end in {' or '.join(suffixes)} for backend '{backend}'")
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise ValueError(f"model_path '{model_path}' is {kind}; set it to a {'/'.join(suffixes)} model file")
     if not path.is_file():
         raise FileNotFoundError(f"model file '{path}' not found; set parameter model_path to an existing "
                                 f"{'/'.join(suffixes)} file (or '' for the shipped model), or run 'mobius export'")

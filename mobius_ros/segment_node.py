@@ -102,7 +102,7 @@ class SegmentNode(LifecycleNode):
             if param.name not in parameters.SPECS:
                 continue
             reason = parameters.check(param.name, param.value)
-            if reason is None and param.name == "prompts":
+            if param.name == "prompts" and isinstance(param.value, (list, tuple)):  # [] too: say it is empty
                 from perception_core.model.text_encoder import validate_prompts
 
                 try:
@@ -187,8 +187,15 @@ class SegmentNode(LifecycleNode):
         # with message info (rclpy >= Iron) the publishers' sequence numbers reveal frames the
         # keep-last-1 queue overwrote before the node saw them
         callback = self._on_image_with_info if hasattr(Subscription, "CallbackType") else self._on_image
-        self._subscription = self.create_subscription(CompressedImage if compressed else Image,
-                                                      self._input_topic, callback, qos)
+        try:
+            self._subscription = self.create_subscription(CompressedImage if compressed else Image,
+                                                          self._input_topic, callback, qos)
+        except Exception as error:  # rclpy swallows exceptions of transition callbacks without a word
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+            self.get_logger().error(f"activate failed: cannot subscribe to input_topic {self._input_topic!r} "
+                                    f"({reason}); set parameter input_topic to a valid ROS topic name")
+            self._stop_input()
+            return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f"active: segmenting {self._input_topic} "
                                f"({'CompressedImage' if compressed else 'Image'}, {reliability.name.lower()})")
         self._state = "active"
@@ -289,7 +296,7 @@ class SegmentNode(LifecycleNode):
             rgb = to_rgb(msg)
         except ImageDecodeError as error:
             self._stats.record_bad(str(error))
-            self._log_problem(f"bad:{str(error)[:40]}", f"skipped {where}: {error}")
+            self._log_problem(f"bad:{error}", f"skipped {where}: {error}")  # only exact repeats are throttled
             return
         try:
             result = processor.process(rgb, header.stamp.sec + header.stamp.nanosec * 1e-9)
