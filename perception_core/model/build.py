@@ -1,6 +1,7 @@
 """All model construction lives here: ModelConfig -> Mobius."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -81,13 +82,29 @@ def load_weights(model: Mobius, path: str | Path, strict: bool = True) -> Mobius
             state = state.get("model", state) if isinstance(state, dict) else state
             missing, unexpected = model.load_state_dict(state, strict=False)
     except Exception as error:  # corrupt, truncated, wrong shapes, or a refused pickle
-        raise ValueError(f"could not load weights from '{path}': {error}") from None
+        raise ValueError(f"could not load weights from '{path}': {_load_error_summary(error)}") from None
     shared = _shared_aliases(model)
     missing = [k for k in missing if not (shared.get(k, set()) - set(missing))]
     if strict and (missing or unexpected):
         raise ValueError(f"weights '{path}' do not match the model config: missing {missing[:8]}, "
                          f"unexpected {list(unexpected)[:8]}")
     return model
+
+
+def _load_error_summary(error: Exception) -> str:
+    """One line instead of torch's many: a shape mismatch per tensor, or the advice to set
+    weights_only=False (never taken for files we cannot trust)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    mismatches = [line for line in lines if line.startswith("size mismatch")]
+    if mismatches:
+        return (f"they do not match the model config ({len(mismatches)} tensors have another shape, e.g. "
+                f"{mismatches[0]}); check the preset / model config")
+    if isinstance(error, pickle.UnpicklingError):
+        found = next((line for line in lines if "Unsupported global: GLOBAL " in line), "")
+        what = found.split("Unsupported global: GLOBAL ")[-1].split(" ")[0] if found else "an object"
+        return (f"refused: it holds Python objects ({what}), not only tensors, and is read with "
+                f"weights_only=True; re-save it as a state dict or .safetensors")
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def _shared_aliases(model: Mobius) -> dict[str, set[str]]:

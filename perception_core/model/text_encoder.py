@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,23 @@ def validate_prompts(prompts: Sequence[str]) -> list[str]:
                 f"prompt {index} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are "
                 f"allowed (prompts are short phrases such as 'red star')"
             )
+        _check_characters(index, prompt)
         stripped.append(prompt)
     return stripped
+
+
+def _check_characters(index: int, prompt: str) -> None:
+    """ValueError for text the tokenizer cannot take or that reads as nothing: lone surrogates
+    (not encodable as UTF-8), control characters (NUL, newline, ...), only invisible characters."""
+    categories = [unicodedata.category(char) for char in prompt]
+    for char, category in zip(prompt, categories):
+        if category in ("Cs", "Cc"):
+            what = "a lone surrogate (not valid Unicode text)" if category == "Cs" else "a control character"
+            raise ValueError(f"prompt {index} contains {what} U+{ord(char):04X}; prompts are one line of "
+                             f"plain text such as 'red star'")
+    if all(category[0] in "CZ" for category in categories):
+        raise ValueError(f"prompt {index} has no visible characters (only format or space characters); "
+                         f"remove it or name a class")
 
 
 def bundled_model_dir() -> Path:

@@ -21,8 +21,8 @@ class Letterbox:
 
     @property
     def valid(self) -> tuple[int, int]:
-        """(rows, cols) of the input covered by the frame."""
-        return round(self.height * self.scale), round(self.width * self.scale)
+        """(rows, cols) of the input covered by the frame; at least 1 each (a 1x2000 frame keeps one row)."""
+        return max(1, round(self.height * self.scale)), max(1, round(self.width * self.scale))
 
 
 def preprocess(frame: np.ndarray, size: int, bgr: bool = False) -> tuple[np.ndarray, Letterbox]:
