@@ -182,6 +182,7 @@ def reliability_diagram(results: Sequence[CalibrationResult], path: str | os.Pat
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="mean IoU with matched ground truth", title=title or "reliability")
     top.legend(loc="upper left", fontsize=8)
     bottom.set(xlabel="confidence", ylabel="detections", yscale="log")
+    bottom.set_ylim(bottom=0.8)  # empty bins (drawn at 0.5 for the log scale) stay below the axis
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
