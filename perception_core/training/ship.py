@@ -56,6 +56,9 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
         if old.get("step") == info["step"]:
             info["metrics"] = old.get("metrics", {})
     previous.write_text(json.dumps(info, indent=1))
+    for path in out.iterdir():  # safetensors writes 0600 files: installed assets must be readable by all
+        if path.suffix in (".onnx", ".safetensors", ".json"):
+            path.chmod(0o644)
     return info
 
 
