@@ -355,6 +355,9 @@ def test_kill_9_during_training_then_resume_loses_and_repeats_nothing(tmp_path, 
                                [float(row["loss"]) for row in before[checkpoint_step:]], rtol=1e-5)
     final = engine.load_checkpoint(output / "checkpoints" / "last.pt")
     assert final["step"] == steps
+    print(f"\nkill -9 at step {before[-1]['step']} (last checkpoint: step {checkpoint_step}); --resume auto "
+          f"redid steps {redone[0]}-{redone[-1]} with the same losses and finished at step {steps}; metrics.csv "
+          f"steps 1..{steps} once each")
     for path in sorted((output / "checkpoints").glob("step_*.pt")):
         assert engine.load_checkpoint(path)["step"] == int(path.stem.split("_")[1])
 
@@ -452,7 +455,8 @@ def socket_kinds(pid: int) -> set[tuple[str, str, str, str]]:
             # Fast DDS also binds 7000 + participant index (seen in a bare rclpy process as well)
             port_class = "dds" if port in dds else "ephemeral" if low <= port <= high else \
                 "fastdds 7000+i" if 7000 <= port < 7100 else str(port)
-            kinds.add((protocol, {"0A": "LISTEN"}.get(fields[3], fields[3]), where, port_class))
+            kinds.add((protocol, {"0A": "LISTEN", "07": "unconnected", "01": "ESTABLISHED"}.get(fields[3], fields[3]),
+                       where, port_class))
     return kinds
 
 
@@ -509,6 +513,7 @@ def test_node_process_opens_only_ros_transport_sockets(context):
         executor.shutdown()
         spinner.join(5)
         client.destroy_node()
+    print(f"\nsockets (protocol, state, address, port class): node {sorted(node_kinds)}, bare rclpy {sorted(bare_kinds)}")
     assert bare_kinds, "no sockets found for the bare rclpy process: cannot compare"
     assert not any(state == "LISTEN" or protocol.startswith("tcp") for protocol, state, _, _ in node_kinds), node_kinds
     assert node_kinds == bare_kinds, f"node process {sorted(node_kinds)} vs bare rclpy {sorted(bare_kinds)}"
