@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("perception_core.bench_command", "runtime latency per stage: onnxruntime vs torch, threads, kernel reuse"),
     "gst": ("perception_core.gst.command", "GStreamer pipeline: any source -> model -> overlay -> any sink"),
     "bag": ("perception_core.bag.command", "rosbag2 tools: record a sample clip, evaluate on a bag"),
+    "ablate": ("perception_core.ablation.command", "paper ablations: pixel decoders, calibration, pruning schedules"),
 }
 
 
