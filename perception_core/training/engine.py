@@ -1,4 +1,5 @@
-"""Training engine: optimizer groups, the pure LR schedule, one step, one epoch, checkpoints, the run.
+"""Training engine: optimizer groups, the pure LR schedule, one step, one epoch, the run
+(checkpoints: checkpoint.py; metrics: metrics_log.py; the forward pass and losses: forward.py).
 
 The loop, start to end (`train`):
     validate config -> build datasets (json problems are ConfigErrors, before any step) ->
@@ -17,21 +18,16 @@ read back with torch.load(weights_only=True).
 from __future__ import annotations
 
 import bisect
-import csv
 import logging
 import math
 import os
-import pickle
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 import yaml
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -44,20 +40,19 @@ from .datasets import build_dataset
 from .forward import forward_losses, outputs_are_finite
 from .distributed import (DistInfo, SeededDistributedSampler, all_true, barrier, init_distributed,
                           mean_over_ranks, unwrap, wrap_model)
+from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_contents, gather_rng_states,  # noqa: F401
+                         load_checkpoint, restore_checkpoint, save_checkpoint, _publish)
 from .matcher import HungarianMatcher
+from .metrics_log import MetricsLogger
+from .state import StepResult, TrainState
 from .recipe import OptimConfig, TrainConfig, to_plain_dict, validate
 from .transforms import build_train_transforms, build_val_transforms
 
 log = logging.getLogger("mobius.train")
-CHECKPOINT_FORMAT = "mobius.train_checkpoint.v1"
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row: training diverged."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated, corrupt or does not fit the model."""
 
 
 # ----------------------------------------------------------------------------- optimizer, schedule
@@ -112,23 +107,6 @@ def build_criterion(loss: LossConfig) -> SetCriterion:
 
 
 # ----------------------------------------------------------------------------- one step
-
-@dataclass
-class TrainState:
-    step: int = 0                    # optimizer steps done (batches consumed, skipped ones included)
-    skipped_steps: int = 0           # non-finite steps skipped so far
-    consecutive_nonfinite: int = 0
-
-
-@dataclass
-class StepResult:
-    step: int                        # state.step after this step (1-based)
-    loss: float                      # weighted total, mean over ranks; nan if skipped
-    losses: dict[str, float]         # unweighted last-layer losses, mean over ranks
-    lr: float
-    grad_norm: float
-    skipped: bool
-
 
 @dataclass
 class Run:
@@ -267,130 +245,6 @@ def evaluate_ap(run: Run, dataset, limit: int) -> dict[str, float]:
             "mask_AP50": result.stats["segm"]["AP50"] or 0.0}
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def capture_rng_states() -> dict:
-    keys, position, has_gauss, cached = np.random.get_state()[1:]
-    version, python_state, gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": version, "state": list(python_state), "gauss": gauss},
-    }
-
-
-def restore_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    numpy_state = states["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    python = states["python"]
-    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
-
-
-def gather_rng_states(info: DistInfo) -> list[dict]:
-    """RNG states of every rank (collective under DDP), index = rank."""
-    states = capture_rng_states()
-    if not info.distributed:
-        return [states]
-    gathered: list[Any] = [None] * info.world_size
-    torch.distributed.all_gather_object(gathered, states)
-    return gathered
-
-
-def checkpoint_contents(run: Run, rng_states: list[dict]) -> dict:
-    state = run.state
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": unwrap(run.model).state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": {"type": "warmup_multistep", "step": state.step, "lr": lr_at(state.step, run.config.optim)},
-        "scaler": run.scaler.state_dict(),
-        "step": state.step,
-        "skipped_steps": state.skipped_steps,
-        "consecutive_nonfinite": state.consecutive_nonfinite,
-        "rng": rng_states,
-        "world_size": run.info.world_size,
-        "config": to_plain_dict(run.config),
-    }
-
-
-def save_checkpoint(path: str | os.PathLike, contents: dict) -> Path:
-    """Atomic write: a temporary file in the same folder, fsync, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with temporary.open("wb") as file:
-            torch.save(contents, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Reads a training checkpoint with weights_only=True; CheckpointError says what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' not found; list the run's checkpoints/ folder or "
-                              f"start without --resume")
-    try:
-        contents = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, bad pickle, refused global
-        # torch's own advice for refused pickles is to set weights_only=False: not for files we
-        # cannot trust, so it is left out.
-        detail = ("not loadable with weights_only=True" if isinstance(error, pickle.UnpicklingError)
-                  else str(error).splitlines()[0][:200] if str(error) else type(error).__name__)
-        raise CheckpointError(f"checkpoint '{path}' is truncated or corrupt ({detail}); resume from an "
-                              f"earlier checkpoint") from None
-    found = contents.get("format") if isinstance(contents, dict) else type(contents).__name__
-    if found != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"'{path}' is not a MOBIUS training checkpoint (format {found!r}, expected "
-                              f"{CHECKPOINT_FORMAT!r}); to load weights only use model.build.load_weights")
-    return contents
-
-
-def restore_checkpoint(run: Run, contents: dict, path: str | os.PathLike) -> None:
-    """Model, optimizer, scaler, counters and this rank's RNG state from `contents`."""
-    try:
-        unwrap(run.model).load_state_dict(contents["model"])
-        run.optimizer.load_state_dict(contents["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"checkpoint '{path}' does not fit this model/recipe: {str(error)[:300]}") from None
-    if contents["scaler"]:
-        run.scaler.load_state_dict(contents["scaler"])
-    run.state = TrainState(contents["step"], contents["skipped_steps"], contents["consecutive_nonfinite"])
-    rng = contents["rng"]
-    if len(rng) == run.info.world_size:
-        restore_rng_states(rng[run.info.rank])
-    else:
-        log.warning("checkpoint has RNG states of %d ranks, this run has %d: RNG reseeded, the run "
-                    "will not repeat the original exactly", len(rng), run.info.world_size)
-        torch.manual_seed(run.config.seed + run.info.rank + contents["step"])
-    _warn_config_changes(contents["config"], to_plain_dict(run.config))
-
-
-_RESUME_SAFE_KEYS = ("optim.max_steps", "output_dir", "num_workers", "log_interval", "eval_interval",
-                     "checkpoint_interval")
-
-
-def _warn_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
-    for key in sorted(set(saved) | set(current)):
-        name = f"{prefix}{key}"
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            _warn_config_changes(old, new, name + ".")
-        elif old != new and name not in _RESUME_SAFE_KEYS:
-            log.warning("resuming with %s=%r (checkpoint had %r)", name, new, old)
-
-
 class StepHooks:
     """Evaluation and checkpointing at their intervals (checkpoints: all ranks join the RNG
     gather; rank 0 writes)."""
@@ -426,114 +280,6 @@ class StepHooks:
             _publish(path, self.checkpoint_dir / "last.pt")
         barrier(run.info)
         return path
-
-
-def _publish(path: Path, link: Path) -> None:
-    """Atomically points `link` at the same file as `path` (hard link, else a copy)."""
-    temporary = link.with_name(f".{link.name}.tmp-{os.getpid()}")
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(path, temporary)
-    except OSError:
-        import shutil
-        shutil.copyfile(path, temporary)
-    os.replace(temporary, link)
-
-
-# ----------------------------------------------------------------------------- logging
-
-TRAIN_COLUMNS = ("step", "lr", "loss", *LOSS_NAMES, "grad_norm", "skipped_steps", "seconds_per_step")
-AP_COLUMNS = ("box_AP", "mask_AP", "mask_AP50")
-EVAL_COLUMNS = ("step", "loss", *LOSS_NAMES, "nonfinite_batches", *AP_COLUMNS)
-
-
-class MetricsLogger:
-    """Every step into `history`; interval means into metrics.csv and TensorBoard (rank 0)."""
-
-    def __init__(self, output_dir: Path, config: TrainConfig, enabled: bool, start_step: int):
-        self.history: list[StepResult] = []
-        self.step_seconds: list[float] = []
-        self.interval = config.log_interval
-        self.enabled = enabled
-        self.pending: list[tuple[StepResult, float]] = []
-        self.state = TrainState()
-        self.writer = None
-        if enabled:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            self.train_csv = _open_csv(output_dir / "metrics.csv", TRAIN_COLUMNS, start_step)
-            self.eval_csv = _open_csv(output_dir / "val_metrics.csv", EVAL_COLUMNS, start_step)
-            self.writer = _tensorboard_writer(output_dir / "tensorboard", start_step)
-
-    def record(self, result: StepResult, seconds: float, state: TrainState) -> None:
-        self.state = state
-        self.history.append(result)
-        self.step_seconds.append(seconds)
-        self.pending.append((result, seconds))
-        if result.step % self.interval == 0 or result.step == 1:
-            self._flush()
-
-    def _flush(self) -> None:
-        done = [r for r, _ in self.pending if not r.skipped]
-        last = self.pending[-1][0]
-        row = {"step": last.step, "lr": last.lr, "skipped_steps": self.state.skipped_steps,
-               "seconds_per_step": sum(s for _, s in self.pending) / len(self.pending)}
-        if done:
-            row["loss"] = sum(r.loss for r in done) / len(done)
-            row["grad_norm"] = sum(r.grad_norm for r in done) / len(done)
-            for name in LOSS_NAMES:
-                values = [r.losses[name] for r in done if name in r.losses]
-                if values:
-                    row[name] = sum(values) / len(values)
-        self.pending = []
-        if self.enabled:
-            self._write(self.train_csv, TRAIN_COLUMNS, row, "train")
-
-    def record_eval(self, step: int, metrics: dict[str, float]) -> None:
-        if self.enabled:
-            log.info("step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
-            self._write(self.eval_csv, EVAL_COLUMNS, {"step": step, **metrics}, "val")
-
-    def _write(self, handle, columns, row: dict, tag: str) -> None:
-        file, writer = handle
-        writer.writerow({key: row.get(key, "") for key in columns})
-        file.flush()
-        if self.writer is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, float) and math.isfinite(value):
-                    self.writer.add_scalar(f"{tag}/{key}", value, row["step"])
-
-    def close(self) -> None:
-        if self.pending:  # the steps since the last interval
-            self._flush()
-        if self.enabled:
-            self.train_csv[0].close()
-            self.eval_csv[0].close()
-            if self.writer is not None:
-                self.writer.close()
-
-
-def _open_csv(path: Path, columns: tuple[str, ...], start_step: int):
-    """CSV for appending; on resume, rows of steps after the checkpoint (from the interrupted run)
-    are dropped so that the file describes one run."""
-    rows = []
-    if start_step > 0 and path.is_file():
-        with path.open(newline="") as file:
-            rows = [row for row in csv.DictReader(file) if row.get("step") and int(row["step"]) <= start_step]
-    file = path.open("w", newline="")
-    writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return file, writer
-
-
-def _tensorboard_writer(folder: Path, start_step: int):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional for training itself
-        log.warning("tensorboard not installed; logging to CSV only")
-        return None
-    # purge_step hides events of the interrupted run after the checkpoint we resume from
-    return SummaryWriter(str(folder), purge_step=start_step + 1 if start_step > 0 else None)
 
 
 # ----------------------------------------------------------------------------- the run
