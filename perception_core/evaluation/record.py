@@ -53,7 +53,8 @@ def record_metrics(key: str, summary: dict, info_path: str | os.PathLike | None 
 def image_summary(metrics: dict, data_path: str) -> dict:
     """The model-card numbers of `mobius eval`."""
     summary = {"data": str(data_path), "images": metrics["images"], "prompts": metrics["prompts"],
-               "model": metrics.get("model"), "size": metrics.get("size")}
+               "model": metrics.get("model"), "size": metrics.get("size"),
+               "kept_per_layer_mean": metrics.get("kept_per_layer_mean")}
     for kind in ("box", "mask"):
         stats = metrics.get(kind) or {}
         summary.update({f"{kind}_{name}": stats.get(name) for name in ("AP", "AP50", "AP75")})
