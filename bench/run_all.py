@@ -1,110 +1,83 @@
-"""`make bench`: component FLOPs of MOBIUS vs the GLEE baselines (paper Fig. 2 / Tab. 10 / Tab. 12)
-and ONNX latency of the deployment model; writes docs/BENCHMARKS.md and docs/flops_components.png.
+"""`make bench`: every performance benchmark of issue 9, written to docs/BENCHMARKS.md (+ PNGs in docs/).
 
-Numbers are printed and written; nothing here asserts a speed (see README: targets live here, not
-in unit tests). Latency is the median of repeated runs on this machine and only comparable within
-one run.
+    python bench/run_all.py                       # everything (~25-40 min on 2 busy cores)
+    python bench/run_all.py --quick               # smoke run: few repeats, small sweeps (~5-10 min)
+    python bench/run_all.py --only latency int8   # redo some sections; the others stay in the file
+
+Sections (bench/perf_*.py, each a `run(Settings) -> Section`):
+  flops       FLOPs per component, mobius_mini_m vs GLEE MaskDINO / RT-DETR baselines (384, 800 px)
+  latency     onnxruntime latency of the three configs; default model FPS, end-to-end FPS with
+              tracking, p99, kernel reuse T=3 speed-up
+  pruning     pruned decoder FLOPs from kept queries measured on a generated clip
+  efficiency  sgemm peak vs achieved FLOP/s, onnxruntime profile by op type, session options and
+              the deformable sampling layout
+  int8        onnxruntime dynamic / static QDQ int8: speed-up and mask AP change
+  peers       Grounding DINO and Mask2Former (transformers, torch) vs MOBIUS
+  scaling     latency vs input size and prompts, pixel decoder FLOPs growth (PNG)
+
+Numbers are printed and written; nothing here asserts a speed. Exported graphs are cached in
+.bench_cache/ (gitignored) under a hash of the code that determines them.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
+import importlib
 import sys
-import tempfile
 import time
+import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import torch
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from perf_common import CACHE, DOCS, Settings  # noqa: E402
+from perf_report import ORDER, render  # noqa: E402
 
-from perception_core.model.build import build_from_name  # noqa: E402
-from perception_core.model.flops import count_flops, format_table  # noqa: E402
-
-MODELS = ["mobius_mini_m", "glee_maskdino_mini_m", "glee_rtdetr_mini_m"]
-
-
-def flops_tables(sizes: list[int]) -> tuple[str, dict]:
-    sections, reports = [], {}
-    for size in sizes:
-        torch.manual_seed(0)
-        per_size = {name: count_flops(build_from_name(name), size) for name in MODELS}
-        reports[size] = per_size
-        sections.append(f"### {size}x{size}\n\n{format_table(per_size)}\n")
-    return "\n".join(sections), reports
+MODULES = {"flops": "perf_flops", "latency": "perf_latency", "pruning": "perf_pruning",
+           "efficiency": "perf_efficiency", "int8": "perf_int8", "peers": "perf_peers", "scaling": "perf_scaling"}
 
 
-def plot(reports: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = sorted(reports)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
-    parts = [("vision encoder", lambda r: r.vision_encoder),
-             ("pixel decoder w/o fusion", lambda r: r.pixel_decoder_without_fusion),
-             ("modality fusion", lambda r: r.modality_fusion),
-             ("decoder (pruned)", lambda r: r.decoder_pruned)]
-    for axis, size in zip(axes[0], sizes):
-        bottom = np.zeros(len(MODELS))
-        for label, get in parts:
-            values = np.array([get(reports[size][m]) for m in MODELS])
-            axis.bar(MODELS, values, bottom=bottom, label=label)
-            bottom += values
-        axis.set_title(f"GFLOPs per component at {size}px (80 prompts)")
-        axis.tick_params(axis="x", labelrotation=15)
-        axis.set_ylabel("GFLOPs")
-    axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: few repeats and small sweeps")
+    parser.add_argument("--only", nargs="+", choices=ORDER, metavar="SECTION",
+                        help=f"run only these sections ({', '.join(ORDER)}); the rest of the file is kept")
+    parser.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
+    parser.add_argument("--out", default=str(DOCS), help="folder of BENCHMARKS.md and the PNGs (default docs/)")
+    parser.add_argument("--cache", default=str(CACHE), help="exported graphs etc. (default .bench_cache/)")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads {args.threads} must be >= 1")
+    return args
 
 
-def onnx_latency(config: str, size: int, threads: int, repeats: int) -> dict:
-    from perception_core.runtime.export import example_inputs, export_onnx
-    from perception_core.runtime.io_names import INPUT_NAMES
-    from perception_core.runtime.onnx_engine import OnnxEngine
+def main(argv=None) -> int:
+    from tqdm import tqdm
 
-    torch.manual_seed(0)
-    model = build_from_name(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = OnnxEngine(export_onnx(model, Path(tmp) / "m.onnx", size), threads=threads)
-        feed = {n: a.numpy() for n, a in zip(INPUT_NAMES, example_inputs(model, size, prompts=8, tracks=0))}
-        for _ in range(3):
-            engine(feed)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            engine(feed)
-            times.append((time.perf_counter() - start) * 1000)
-    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90))}
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[384, 800])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", default=str(ROOT / "docs"))
-    args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tables, reports = flops_tables(args.sizes)
-    plot(reports, out / "flops_components.png")
-    latency = {t: onnx_latency("mobius_nano", 384, t, args.repeats) for t in (1, 2)}
-    ratios = [f"- {size}px: pixel decoder {reports[size]['mobius_mini_m'].pixel_decoder / reports[size]['glee_maskdino_mini_m'].pixel_decoder:.1%}"
-              f", decoder with pruning {reports[size]['mobius_mini_m'].decoder_pruned / reports[size]['glee_maskdino_mini_m'].decoder_pruned:.1%}"
-              f" of glee_maskdino_mini_m" for size in args.sizes]
-    lines = ["# Benchmarks", "", "Written by `make bench` (bench/run_all.py). Random weights: FLOPs do not depend on",
-             "them; pruned decoder FLOPs use the configured min_kept (a trained model on real frames keeps",
-             "a scene-dependent number; see kept-per-layer column).", "", "## FLOPs per component", "", tables,
-             "MOBIUS / MaskDINO-style ratios:", *ratios, "", "![components](flops_components.png)", "",
-             "## ONNX latency, mobius_nano, 384x384, 8 prompts, onnxruntime CPU", "",
-             "| threads | median ms | p90 ms |", "|---|---|---|",
-             *[f"| {t} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} |" for t, v in latency.items()], ""]
-    (out / "BENCHMARKS.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    args = parse_args(argv)
+    settings = Settings.make(args.quick, args.threads, Path(args.out), Path(args.cache))
+    settings.docs.mkdir(parents=True, exist_ok=True)
+    target = settings.docs / "BENCHMARKS.md"
+    keys = args.only or list(ORDER)
+    failed = []
+    for key in tqdm(keys, desc="bench sections", unit="section"):
+        start = time.perf_counter()
+        try:
+            section = importlib.import_module(MODULES[key]).run(settings)
+        except Exception as error:  # one broken section must not lose the others' numbers
+            failed.append(key)
+            tqdm.write(f"[bench] section {key} FAILED:\n{traceback.format_exc()}")
+            continue
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        section.body = (f"_Run {stamp}, {'quick' if settings.quick else 'full'} mode, "
+                        f"{time.perf_counter() - start:.0f} s._\n\n{section.body}")
+        previous = target.read_text(encoding="utf-8") if target.is_file() else None
+        target.write_text(render([section], previous), encoding="utf-8")   # after every section
+        tqdm.write(f"\n## {section.title}\n\n{section.body}")
+    print(f"[bench] wrote {target}" + (f"; FAILED sections: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

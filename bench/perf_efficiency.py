@@ -1,0 +1,159 @@
+"""Achieved FLOP/s of the default model vs the machine's measured sgemm peak (goal >= 50%), where the
+rest goes (onnxruntime profile by operator type) and which cheap fixes pay (perf_profile.py).
+
+Peak: torch.matmul on two N x N float32 matrices (N = 2048, 1024 in quick mode), median of repeats,
+2 N^3 FLOPs per product, at 1 and at 2 threads. Achieved: count_flops of the model on this input
+(matmuls, convolutions and grid_sample taps; elementwise work is not counted, as in fvcore) divided
+by the model-only median latency at the same thread count, pruning as measured on the frame.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from perf_common import Section, Settings, fmt_ms, goal, machine_line, model_pruning, onnx_session, time_interleaved
+
+SIZE = 384
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    gflops: float            # counted work of one inference
+    latency_ms: float        # median latency of one inference
+    peak_gflops_s: float     # measured sgemm peak at the same thread count
+
+    @property
+    def achieved_gflops_s(self) -> float:
+        return self.gflops / (self.latency_ms / 1000.0)
+
+    @property
+    def fraction(self) -> float:
+        return self.achieved_gflops_s / self.peak_gflops_s
+
+
+def flops_fraction(gflops: float, latency_ms: float, peak_gflops_s: float) -> Efficiency:
+    """Achieved GFLOP/s and its fraction of the peak; ValueError for non-positive inputs."""
+    if gflops <= 0 or latency_ms <= 0 or peak_gflops_s <= 0:
+        raise ValueError(f"gflops={gflops}, latency_ms={latency_ms} and peak_gflops_s={peak_gflops_s} "
+                         f"must all be > 0")
+    return Efficiency(gflops, latency_ms, peak_gflops_s)
+
+
+def sgemm_peak(threads: int, n: int, repeats: int) -> float:
+    """GFLOP/s of torch.matmul on n x n float32 at `threads` intra-op threads (median of repeats)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
+        out = torch.empty(n, n)
+        timing = time_interleaved({"mm": lambda: torch.matmul(a, b, out=out)}, repeats, 2)["mm"]
+    finally:
+        torch.set_num_threads(previous)
+    return 2.0 * n ** 3 / (timing.median / 1000.0) / 1e9
+
+
+def model_feed(onnx_path, frame: np.ndarray) -> dict:
+    """One letterboxed frame, the default prompts and the configured pruning."""
+    from perception_core import assets
+    from perception_core.runtime.preprocess import preprocess
+    from perception_core.runtime.prompts import encode_prompts
+
+    session = onnx_session(onnx_path, 1)
+    inputs = session.get_inputs()
+    _, text = encode_prompts(list(assets.DEFAULT_PROMPTS))
+    image, _ = preprocess(frame, inputs[0].shape[2])
+    thresholds, min_kept = model_pruning(assets.PRESET, inputs[6].shape[0])
+    return {"images": image, **text, "track_queries": np.zeros((1, 0, inputs[4].shape[2]), np.float32),
+            "track_boxes": np.zeros((1, 0, 4), np.float32), "prune_thresholds": thresholds,
+            "prune_min_kept": min_kept}
+
+
+def model_gflops(model, feed: dict, kept: list[int]) -> float:
+    """count_flops of the default model on this input size and prompt set at the measured kept counts."""
+    from perception_core.model.build import build_from_name, load_weights
+    from perception_core.model.flops import count_flops
+
+    torch_model = build_from_name(model.preset)
+    if model.weights.is_file():
+        load_weights(torch_model, model.weights)
+    prompts, tokens = feed["text_tokens"].shape[:2]
+    return count_flops(torch_model, feed["images"].shape[2], prompts, tokens, kept=kept).total
+
+
+def run(settings: Settings) -> Section:
+    import perf_profile
+    from perf_common import clip_frames
+    from perf_latency import default_model
+
+    load = os.getloadavg()
+    frames, _ = clip_frames(4)
+    model = default_model(settings, frames[0])
+    feed = model_feed(model.onnx, frames[2])
+    n = 1024 if settings.quick else 2048
+    peaks = {t: sgemm_peak(t, n, settings.repeats) for t in (1, 2)}
+    sessions = {t: onnx_session(model.onnx, t) for t in (1, 2)}
+    kept = [int(k) for k in sessions[1].run(["kept_per_layer"], feed)[0]]
+    latency = time_interleaved({t: (lambda s=s: s.run(None, feed)) for t, s in sessions.items()},
+                               settings.repeats, settings.warmup)
+    gflops = model_gflops(model, feed, kept)
+    efficiency = {t: flops_fraction(gflops, latency[t].median, peaks[t]) for t in (1, 2)}
+    stats, nodes = perf_profile.profile_ops(model.onnx, feed, settings.threads, 3 if settings.quick else 10,
+                                            settings.cache / "profiles")
+    sweep = perf_profile.option_sweep(model.onnx, feed, settings.threads, settings.repeats, settings.warmup)
+    from perception_core.config import load_model_config
+
+    cfg = load_model_config(model.preset)
+    layout = perf_profile.deform_layout(SIZE, cfg.hidden_dim, cfg.pixel_decoder.heads, cfg.pixel_decoder.points,
+                                        settings.threads, settings.repeats, settings.warmup)
+    data = {"peaks": peaks, "efficiency": efficiency, "stats": stats, "nodes": nodes, "sweep": sweep,
+            "layout": layout, "kept": kept, "n": n, "trained": model.trained}
+    return Section("efficiency", "Achieved FLOP/s, profile and fixes", render(data, settings, load), data=data)
+
+
+def render(data: dict, settings: Settings, load) -> str:
+    import perf_profile
+
+    eff, peaks, stats = data["efficiency"], data["peaks"], data["stats"]
+    gemm_ms = sum(s.ms_per_run for s in stats if s.op_type in perf_profile.GEMM_OPS)
+    total_ms = sum(s.ms_per_run for s in stats)
+    threads = settings.threads
+    model = "the shipped mobius_nano" if data["trained"] else "mobius_nano with RANDOM weights (no shipped model)"
+    lines = [f"Conditions: {model}, one letterboxed clip frame, 4 default prompts, pruning kept per layer "
+             f"{data['kept']}; {machine_line(load)}. The machine is shared: the peak and the model are timed in "
+             f"the same run, so the fraction is the number to read.", "",
+             f"| threads | sgemm peak GFLOP/s (torch.matmul {data['n']}x{data['n']}) | model GFLOPs (count_flops) "
+             f"| model median ms | achieved GFLOP/s | fraction of peak |", "|---|---|---|---|---|---|"]
+    for t, e in eff.items():
+        lines.append(f"| {t} | {peaks[t]:.1f} | {e.gflops:.2f} | {fmt_ms(e.latency_ms)} | {e.achieved_gflops_s:.1f} "
+                     f"| {e.fraction:.1%} |")
+    e = eff[threads]
+    lines += ["", f"Goal (achieved >= 50% of peak at {threads} threads): {e.fraction:.1%}, {goal(e.fraction >= 0.5)}.",
+              "", f"### onnxruntime profile by operator type ({threads} threads)", "",
+              *perf_profile.op_table(stats), "",
+              f"Node time in matmul/convolution ops: {gemm_ms:.1f} of {total_ms:.1f} ms ({gemm_ms / total_ms:.0%}); "
+              f"the counted {e.gflops:.2f} GFLOPs run there at {e.gflops / (gemm_ms / 1000):.1f} GFLOP/s "
+              f"({e.gflops / (gemm_ms / 1000) / peaks[threads]:.0%} of peak). The other "
+              f"{total_ms - gemm_ms:.1f} ms (layout: Transpose/Concat/Reshape/Reorder*, sampling: GridSample, "
+              f"elementwise: Add/Mul/Div/Softmax/norms) carry no counted FLOPs: that is the biggest loss.", "",
+              "Heaviest nodes:", "", "| node | op | ms per run | input shapes |", "|---|---|---|---|",
+              *[f"| {name} | {op} | {ms:.2f} | {shapes} |" for name, op, ms, shapes in data["nodes"]], "",
+              "### Cheap fixes tried", "", "Session options (round-robin, median ms; a fix counts when >= 5% "
+              "faster than the runtime's current settings):", "", "| variant | median ms | vs runtime now | helps |",
+              "|---|---|---|---|"]
+    sweep = data["sweep"]
+    base = next(iter(sweep.values()))
+    for name, ms in sweep.items():
+        lines.append(f"| {name} | {fmt_ms(ms)} | {ms / base:.2f} | {'yes' if perf_profile.helps(base, ms) else 'no'} |")
+    layout = data["layout"]
+    (old_name, old_ms), (new_name, new_ms) = layout["ms"].items()
+    lines += ["", f"Deformable-attention sampling layout, pixel decoder cross-attention alone ({layout['shape']}), "
+                  f"onnxruntime {threads} threads: {old_name} {old_ms:.2f} ms vs {new_name} {new_ms:.2f} ms "
+                  f"({old_ms / new_ms:.2f}x; outputs agree to {layout['max_abs_difference']:.1e}). "
+                  f"{'Worth moving into model/deform_attn.py (re-export needed).' if perf_profile.helps(old_ms, new_ms) else 'Not worth a model change.'}",
+              ""]
+    return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""int8 quantization of the default model with onnxruntime.quantization (paper Sec. 4.2 deploys
+uint8 on mobile): speed-up and mask AP change on the test split.
+
+Variants (each written once per source model to .bench_cache/int8/):
+  dynamic   quantize_dynamic: int8 weights of MatMul/Gemm, activations quantized on the fly
+            (convolutions stay float: onnxruntime's dynamic ConvInteger is slower than float Conv).
+  static    quantize_static, QDQ format: per-channel int8 weights and uint8 activations of Conv,
+            MatMul and Gemm, ranges from a MinMax calibration over generated frames with the default
+            prompts (`FrameCalibrationReader`).
+The float graph first goes through quant_pre_process (shape inference + optimisation) when that
+succeeds; the report says when it did not.
+AP: COCO mask/box AP with `mobius eval`'s code path (ModelRunner.from_onnx + predict_coco + score) on
+the first images of data/synth/test (generated into the cache when absent), all its categories as
+prompts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from perf_common import Section, Settings, code_hash, fmt_ms, machine_line, onnx_session, relative, time_interleaved
+
+QUANT_OPS = ("Conv", "MatMul", "Gemm")
+
+
+class FrameCalibrationReader:
+    """onnxruntime CalibrationDataReader: one full graph feed per frame (letterboxed image, the given
+    text inputs, no track queries, the given pruning)."""
+
+    def __init__(self, frames: Sequence[np.ndarray], size: int, text: dict[str, np.ndarray], hidden: int,
+                 pruning: tuple[np.ndarray, np.ndarray]):
+        from perception_core.runtime.preprocess import preprocess
+
+        self._feeds = iter([{"images": preprocess(frame, size)[0], **text,
+                             "track_queries": np.zeros((1, 0, hidden), np.float32),
+                             "track_boxes": np.zeros((1, 0, 4), np.float32),
+                             "prune_thresholds": pruning[0], "prune_min_kept": pruning[1]} for frame in frames])
+
+    def get_next(self) -> dict | None:
+        return next(self._feeds, None)
+
+
+def preprocessed(source: Path, folder: Path) -> tuple[Path, bool]:
+    """A copy of `source` ready for quantization: its stored value_info dropped (the dynamo exporter's
+    shape annotations trip onnxruntime.quantization's strict shape inference: "Inferred shape and
+    existing shape differ"), then quant_pre_process (shape inference + optimisation) when that
+    succeeds. Returns (path, whether quant_pre_process succeeded)."""
+    import onnx
+    from onnxruntime.quantization import quant_pre_process
+
+    target, clean = folder / "preprocessed.onnx", folder / "float_clean.onnx"
+    if target.is_file():
+        return target, True
+    model = onnx.load(str(source))
+    del model.graph.value_info[:]
+    onnx.save(model, str(clean))
+    try:
+        quant_pre_process(str(clean), str(target), skip_symbolic_shape=True)
+    except Exception as error:  # a graph the pre-processor cannot handle is quantized as exported
+        logging.getLogger(__name__).warning("quant_pre_process failed (%s); quantizing the graph as exported", error)
+        return clean, False
+    model = onnx.load(str(target))
+    del model.graph.value_info[:]
+    onnx.save(model, str(target))
+    return target, True
+
+
+def quantize_dynamic_model(source: Path, target: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if not target.is_file():
+        quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm"],
+                         weight_type=QuantType.QInt8)
+    return target
+
+
+def quantize_static_model(source: Path, target: Path, reader) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if not target.is_file():
+        quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANT_OPS), per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return target
+
+
+def quantized_models(model_path: Path, folder: Path, calibration_frames: list[np.ndarray]) -> dict:
+    """{'float32': path, 'int8 dynamic': path, 'int8 static QDQ': path} plus 'preprocessed' (bool)."""
+    from perception_core import assets
+    from perception_core.runtime.prompts import encode_prompts
+    from perf_common import model_pruning
+
+    key = code_hash(f"{model_path.stat().st_size}|{model_path.stat().st_mtime_ns}|{len(calibration_frames)}",
+                    ("bench/perf_int8.py",))
+    folder = folder / f"{model_path.stem}_{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    source, ok = preprocessed(model_path, folder)
+    session = onnx_session(model_path, 1)
+    inputs = session.get_inputs()
+    _, text = encode_prompts(list(assets.DEFAULT_PROMPTS))
+    reader = FrameCalibrationReader(calibration_frames, inputs[0].shape[2], text, inputs[4].shape[2],
+                                    model_pruning(assets.PRESET, inputs[6].shape[0]))
+    print("[bench] int8: quantizing (dynamic, static QDQ with calibration) ...", flush=True)
+    return {"float32": model_path, "int8 dynamic": quantize_dynamic_model(source, folder / "dynamic.onnx"),
+            "int8 static QDQ": quantize_static_model(source, folder / "static_qdq.onnx", reader),
+            "preprocessed": ok}
+
+
+def eval_split(settings: Settings) -> Path:
+    """data/synth/test/instances.json, or a generated test split in the cache."""
+    from perf_common import ROOT
+
+    shipped = ROOT / "data" / "synth" / "test" / "instances.json"
+    if shipped.is_file():
+        return shipped
+    from perception_core.training.synth.config import make_config
+    from perception_core.training.synth.writer import write_split
+
+    generated = settings.cache / "synth" / "test" / "instances.json"
+    if not generated.is_file():
+        write_split(settings.cache / "synth", "test", 200, 0, 3, make_config("normal"), progress=False)
+    return generated
+
+
+def mask_ap(path: Path, annotations: Path, limit: int, threads: int) -> dict:
+    """COCO mask and box AP of an ONNX model on the first `limit` images (mobius eval's path)."""
+    from perception_core import assets
+    from perception_core.evaluation.eval_command import default_image_root, score
+    from perception_core.evaluation.predict import ModelRunner, predict_coco
+    from perception_core.training.datasets import read_annotation_file
+
+    data = read_annotation_file(annotations)
+    categories = sorted(data["categories"], key=lambda c: int(c["id"]))
+    runner = ModelRunner.from_onnx(path, assets.PRESET, threads)
+    detections, _ = predict_coco(runner, data, default_image_root(annotations), [c["name"] for c in categories],
+                                 [int(c["id"]) for c in categories], limit=limit, progress=True)
+    metrics = score(data, detections, categories, image_ids=[d.image_id for d in detections])
+    return {"mask_AP": metrics["mask"]["AP"], "box_AP": metrics["box"]["AP"], "images": metrics["images"]}
+
+
+def run(settings: Settings) -> Section:
+    from perf_common import clip_frames
+    from perf_efficiency import model_feed
+    from perf_latency import default_model
+
+    load = os.getloadavg()
+    frames, _ = clip_frames(8 if settings.quick else 32, seed=5)
+    model = default_model(settings, frames[0])
+    paths = quantized_models(Path(model.onnx), settings.cache / "int8", frames)
+    preprocessed_ok = paths.pop("preprocessed")
+    feed = model_feed(model.onnx, frames[len(frames) // 2])
+    sessions = {name: onnx_session(path, settings.threads) for name, path in paths.items()}
+    timings = time_interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
+                               settings.repeats, settings.warmup)
+    annotations = eval_split(settings)
+    limit = 50 if settings.quick else 200
+    accuracy = {name: mask_ap(path, annotations, limit, settings.threads) for name, path in paths.items()}
+    sizes = {name: Path(path).stat().st_size / 1e6 for name, path in paths.items()}
+    data = {"ms": {n: t.median for n, t in timings.items()}, "accuracy": accuracy, "sizes": sizes,
+            "annotations": str(annotations), "limit": limit, "preprocessed": preprocessed_ok,
+            "trained": model.trained}
+    return Section("int8", "int8 quantization (onnxruntime)", render(data, settings, load), data=data)
+
+
+def render(data: dict, settings: Settings, load) -> str:
+    base_ms = data["ms"]["float32"]
+    base_ap = data["accuracy"]["float32"]
+    model = "the shipped mobius_nano" if data["trained"] else "mobius_nano with RANDOM weights (AP meaningless)"
+    images = data["accuracy"]["float32"]["images"]
+    lines = [f"Conditions: {model}; latency: one letterboxed clip frame, 4 default prompts, configured pruning, "
+             f"onnxruntime {settings.threads} threads, {settings.repeats} round-robin runs, median; AP: first "
+             f"{images} images of `{relative(data['annotations'])}`, "
+             f"all categories as prompts, `mobius eval`'s code path. quant_pre_process "
+             f"{'applied' if data['preprocessed'] else 'FAILED (graph quantized as exported)'}. {machine_line(load)}.", "",
+             "| variant | file MB | median ms | speed-up | mask AP | box AP | mask AP change |", "|---|---|---|---|---|---|---|"]
+    for name, ms in data["ms"].items():
+        acc = data["accuracy"][name]
+        lines.append(f"| {name} | {data['sizes'][name]:.1f} | {fmt_ms(ms)} | {base_ms / ms:.2f}x "
+                     f"| {100 * acc['mask_AP']:.2f} | {100 * acc['box_AP']:.2f} "
+                     f"| {100 * (acc['mask_AP'] - base_ap['mask_AP']):+.2f} |")
+    lines += ["", "AP in percent (COCO 0.5:0.95). Speed-up = float32 median / variant median.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,197 @@
+"""Pure parts of the performance benchmarks (bench/perf_*.py): onnxruntime profile aggregation on a
+real profile of a tiny graph, FLOP/s arithmetic, int8 quantization of a tiny graph, kept-count
+projection, growth fits and the BENCHMARKS.md writer. No timing assertions (speed lives in bench/)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import perf_efficiency  # noqa: E402
+import perf_int8  # noqa: E402
+import perf_profile  # noqa: E402
+import perf_pruning  # noqa: E402
+import perf_report  # noqa: E402
+import perf_scaling  # noqa: E402
+from perf_common import Section, onnx_session, time_interleaved  # noqa: E402
+
+RUNS = 3
+
+
+def tiny_graph(path: Path) -> Path:
+    """x (1, 2, 8, 8) -> Conv(4, 3x3, pad 1) -> Relu -> Flatten -> MatMul (256, 5) -> Add -> y (1, 5)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"conv_w": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
+               "conv_b": rng.standard_normal(4).astype(np.float32),
+               "fc_w": rng.standard_normal((256, 5)).astype(np.float32) * 0.1,
+               "fc_b": rng.standard_normal(5).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"], axis=1),
+             helper.make_node("MatMul", ["f", "fc_w"], ["m"]),
+             helper.make_node("Add", ["m", "fc_b"], ["y"])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    # a stale shape annotation, as the dynamo exporter's value_info can carry: quantization must cope
+    graph.value_info.append(helper.make_tensor_value_info("f", TensorProto.FLOAT, [1, 256]))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return tiny_graph(tmp_path_factory.mktemp("bench") / "tiny.onnx")
+
+
+def feed() -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(1).standard_normal((1, 2, 8, 8)).astype(np.float32)}
+
+
+# ----------------------------------------------------------------------------- profile aggregation
+
+def test_profile_of_a_real_session_is_aggregated_by_op_type(tiny, tmp_path):
+    session = onnx_session(tiny, threads=1, level="none", profile_prefix=str(tmp_path / "prof"))
+    for _ in range(2 + RUNS):                    # 2 warm-up runs that last_runs must drop
+        session.run(None, feed())
+    events = json.loads(Path(session.end_profiling()).read_text())
+    kept = perf_profile.last_runs(events, RUNS)
+    stats = perf_profile.aggregate_profile(kept, RUNS)
+    assert {s.op_type for s in stats} == {"Conv", "Relu", "Flatten", "MatMul", "Add"}
+    assert all(s.nodes == 1 for s in stats)      # each node once per run: warm-up runs were dropped
+    assert sum(s.share for s in stats) == pytest.approx(1.0)
+    assert [s.ms_per_run for s in stats] == sorted((s.ms_per_run for s in stats), reverse=True)
+    node_us = sum(e["dur"] for e in kept if e["name"].endswith("_kernel_time"))
+    assert sum(s.ms_per_run for s in stats) == pytest.approx(node_us / RUNS / 1000)
+    heaviest = perf_profile.heaviest_nodes(kept, RUNS, top=2)
+    assert len(heaviest) == 2 and heaviest[0][2] >= heaviest[1][2]
+    assert "1x2x8x8" in next(h[3] for h in perf_profile.heaviest_nodes(kept, RUNS, top=5) if h[1] == "Conv")
+    with pytest.raises(ValueError, match="fewer than"):
+        perf_profile.last_runs(events, 2 + RUNS + 1)
+
+
+def test_aggregate_profile_arithmetic_and_ignored_events():
+    def node(op, us, name):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": us, "args": {"op_name": op}}
+    events = [node("MatMul", 3000, "a"), node("MatMul", 1000, "b"), node("Transpose", 4000, "t"),
+              node("MatMul", 3000, "a"), node("MatMul", 1000, "b"), node("Transpose", 4000, "t"),
+              {"cat": "Node", "name": "a_fence_before", "dur": 999, "args": {"op_name": "MatMul"}},
+              {"cat": "Session", "name": "model_run", "dur": 20000}]
+    stats = {s.op_type: s for s in perf_profile.aggregate_profile(events, 2)}
+    assert set(stats) == {"MatMul", "Transpose"}
+    assert stats["MatMul"].ms_per_run == pytest.approx(4.0) and stats["MatMul"].nodes == 2
+    assert stats["Transpose"].share == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        perf_profile.aggregate_profile(events, 0)
+
+
+def test_op_table_lists_top_types_and_the_rest():
+    stats = [perf_profile.OpStat(f"Op{i}", 10.0 - i, (10.0 - i) / 55, 1) for i in range(10)]
+    lines = perf_profile.op_table(stats, top=3)
+    assert len(lines) == 2 + 3 + 1 and lines[2].startswith("| Op0 |") and "(7 other types)" in lines[-1]
+
+
+def test_helps_needs_five_percent():
+    assert perf_profile.helps(100.0, 94.9) and not perf_profile.helps(100.0, 96.0)
+
+
+# ----------------------------------------------------------------------------- FLOP/s arithmetic
+
+def test_flops_fraction_arithmetic():
+    efficiency = perf_efficiency.flops_fraction(gflops=10.0, latency_ms=100.0, peak_gflops_s=200.0)
+    assert efficiency.achieved_gflops_s == pytest.approx(100.0)
+    assert efficiency.fraction == pytest.approx(0.5)
+    for bad in ((0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, -5.0)):
+        with pytest.raises(ValueError, match="must all be > 0"):
+            perf_efficiency.flops_fraction(*bad)
+
+
+def test_time_interleaved_round_robin_order():
+    order = []
+    timings = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1)
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert len(timings["a"].samples_ms) == 3 and timings["b"].median >= 0
+    with pytest.raises(ValueError):
+        time_interleaved({"a": lambda: None}, repeats=0)
+
+
+# ----------------------------------------------------------------------------- int8
+
+def test_quantized_tiny_model_loads_and_keeps_output_shapes(tiny, tmp_path):
+    import onnx
+
+    source, ok = perf_int8.preprocessed(tiny, tmp_path)
+    assert ok and not onnx.load(str(source)).graph.value_info
+    dynamic = perf_int8.quantize_dynamic_model(source, tmp_path / "dynamic.onnx")
+    calibration = iter([{"x": np.random.default_rng(i).standard_normal((1, 2, 8, 8)).astype(np.float32)}
+                        for i in range(4)])
+
+    class Reader:
+        def get_next(self):
+            return next(calibration, None)
+    static = perf_int8.quantize_static_model(source, tmp_path / "static.onnx", Reader())
+    reference = onnx_session(tiny, 1).run(None, feed())[0]
+    for path, marker in ((dynamic, {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}),
+                         (static, {"QuantizeLinear", "DequantizeLinear"})):
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert ops & marker, f"{path.name} holds no quantized ops: {ops}"
+        out = onnx_session(path, 1).run(None, feed())[0]
+        assert out.shape == reference.shape and np.isfinite(out).all()
+        assert np.abs(out - reference).max() < 0.25 * np.abs(reference).max()   # int8, not garbage
+
+
+# ----------------------------------------------------------------------------- pruning / scaling
+
+def test_project_kept_maps_fractions_by_depth():
+    kept = perf_pruning.project_kept(np.array([100.0, 50.0, 30.0, 20.0]), queries=300, layers=7, min_kept=100)
+    assert kept[0] == 300 and len(kept) == 7
+    assert all(b <= a for a, b in zip(kept, kept[1:]))
+    assert min(kept) == 100                       # 20% of 300 = 60 is clamped to min_kept
+    assert perf_pruning.project_kept(np.array([10.0, 10.0]), 300, 3, 100) == (300, 300, 300)
+    with pytest.raises(ValueError):
+        perf_pruning.project_kept(np.array([10.0]), 300, 3, 100)
+
+
+def test_growth_exponent_recovers_power_laws():
+    sizes = [256, 384, 512, 800]
+    assert perf_scaling.growth_exponent(sizes, [3.0 * s ** 2 for s in sizes]) == pytest.approx(2.0)
+    assert perf_scaling.growth_exponent(sizes, [7.0 * s for s in sizes]) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        perf_scaling.growth_exponent([256], [1.0])
+
+
+# ----------------------------------------------------------------------------- report writer
+
+def sections() -> list[Section]:
+    return [Section("scaling", "Scaling", "| a |\n|---|\n| 1 |", ["bench_scaling.png"]),
+            Section("latency", "Latency at 384", "latency body 42.0 ms"),
+            Section("custom-extra", "Extra", "extra body")]
+
+
+def test_markdown_writer_renders_every_section_in_order():
+    text = perf_report.render(sections())
+    assert text.startswith(perf_report.HEADER)
+    for section in sections():
+        assert f"## {section.title}\n\n{section.body}\n<!-- /bench:{section.key} -->" in text
+    positions = [text.index(f"<!-- bench:{key} -->") for key in ("latency", "scaling", "custom-extra")]
+    assert positions == sorted(positions)         # ORDER first, unknown keys after
+    assert set(perf_report.parse_blocks(text)) == {"latency", "scaling", "custom-extra"}
+
+
+def test_markdown_writer_replaces_only_the_given_sections():
+    first = perf_report.render(sections())
+    second = perf_report.render([Section("latency", "Latency at 384", "new numbers 7.0 ms")], first)
+    assert "new numbers 7.0 ms" in second and "latency body 42.0 ms" not in second
+    assert "extra body" in second and "| 1 |" in second
+    assert perf_report.render([], "# old file without markers\n") == perf_report.HEADER + "\n\n\n"
+    with pytest.raises(ValueError, match="section key"):
+        perf_report.render([Section("bad key!", "t", "b")])
