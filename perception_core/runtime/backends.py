@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .io_names import MASK_INPUT_NAMES, MASK_OUTPUT_NAMES, OUTPUT_NAMES
-from .onnx_engine import OnnxEngine
+from .onnx_engine import OnnxEngine, session_options
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -73,9 +73,7 @@ class OnnxBackend(Backend):
         path = mask_graph_path(self.path)
         if not path.is_file():
             path = self._export_shipped_mask_graph(path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
+        options = session_options(self.threads)
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:

@@ -8,6 +8,23 @@ import numpy as np
 from .io_names import INPUT_NAMES, OUTPUT_NAMES
 
 
+def session_options(threads: int):
+    """CPU session options of every onnxruntime session in the runtime: `threads` intra-op threads,
+    one inter-op thread, all graph optimizations, and idle intra-op workers that sleep instead of
+    spin-waiting for the next run. Spinning wins a little on an idle machine but on 2 cores shared
+    with other processes (the robot's other nodes, here a training job) the spinning workers take the
+    cores from everything else, including the next run: bench/perf_efficiency.py measured the default
+    model at 2 threads 207 -> 114 ms median under load (docs/BENCHMARKS.md, "Cheap fixes tried")."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxEngine:
     def __init__(self, path: str | Path, threads: int = 2):
         import onnxruntime as ort
@@ -15,10 +32,7 @@ class OnnxEngine:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model file '{path}' not found; run 'mobius export' or pass the right path")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options(threads)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:
