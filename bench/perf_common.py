@@ -26,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 CACHE = ROOT / ".bench_cache"
+SPINNING = "session.intra_op.allow_spinning"
 # Files whose content determines an exported graph (besides torch's version and the export args).
 EXPORT_SOURCES = ("perception_core/model/*.py", "perception_core/config.py", "config/models/*.yaml",
                   "perception_core/runtime/export.py", "perception_core/runtime/export_kernels.py",
@@ -144,24 +145,29 @@ def cached_onnx(preset: str, size: int, cache: Path = CACHE, overrides: Sequence
     return path
 
 
-def onnx_session(path: str | Path, threads: int = 2, level: str = "all", inter_threads: int = 1,
+def onnx_session(path: str | Path, threads: int = 2, level: str | None = None, inter_threads: int | None = None,
                  parallel: bool = False, spinning: bool | None = None, profile_prefix: str | None = None):
-    """An onnxruntime CPU session with explicit options (the knobs perf_profile.py sweeps)."""
+    """An onnxruntime CPU session with the runtime's options (runtime/onnx_engine.session_options),
+    optionally changed: the knobs perf_profile.py sweeps."""
     import onnxruntime as ort
+
+    from perception_core.runtime.onnx_engine import session_options
 
     levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
               "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
-    if level not in levels:
+    if level is not None and level not in levels:
         raise ValueError(f"graph optimization level {level!r}; choose one of {sorted(levels)}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = inter_threads
-    options.graph_optimization_level = levels[level]
-    options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
-    if spinning is not None:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options = session_options(threads)
+    if level is not None:
+        options.graph_optimization_level = levels[level]
+    if inter_threads is not None:
+        options.inter_op_num_threads = inter_threads
+    if parallel:
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    if spinning is not None and spinning != (options.get_session_config_entry(SPINNING) == "1"):
+        options.add_session_config_entry(SPINNING, "1" if spinning else "0")
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

@@ -142,8 +142,9 @@ def render(data: dict, settings: Settings, load) -> str:
               f"elementwise: Add/Mul/Div/Softmax/norms) carry no counted FLOPs: that is the biggest loss.", "",
               "Heaviest nodes:", "", "| node | op | ms per run | input shapes |", "|---|---|---|---|",
               *[f"| {name} | {op} | {ms:.2f} | {shapes} |" for name, op, ms, shapes in data["nodes"]], "",
-              "### Cheap fixes tried", "", "Session options (round-robin, median ms; a fix counts when >= 5% "
-              "faster than the runtime's current settings):", "", "| variant | median ms | vs runtime now | helps |",
+              "### Cheap fixes tried", "", "Session options (round-robin, median ms; a variant counts when >= 5% "
+              "faster than the runtime's settings; the runtime turned intra-op spinning off after this sweep "
+              "measured it):", "", "| variant | median ms | vs runtime | helps |",
               "|---|---|---|---|"]
     sweep = data["sweep"]
     base = next(iter(sweep.values()))

@@ -3,8 +3,9 @@
 - `profile_ops`: onnxruntime's own profiler (SessionOptions.enable_profiling) over a few runs; its
   JSON trace is aggregated by operator type (`aggregate_profile`: per-run ms, share, node count) and
   by node (the heaviest single nodes with their input shapes).
-- `option_sweep`: session options timed in round-robin against the runtime's current settings
-  (runtime/onnx_engine.py): graph optimization level, intra-op spinning, parallel execution mode.
+- `option_sweep`: session options timed in round-robin against the runtime's settings
+  (runtime/onnx_engine.session_options): intra-op spinning, graph optimization level, parallel
+  execution mode.
 - `deform_layout`: the deformable-attention sampling core of the pixel decoder in two layouts,
   exported alone at the model's shapes: the current one (per-level grid_sample, concat along the
   sample axis, permute, matmul with the weights) and a concat-free one (per-level weighted sum
@@ -98,11 +99,11 @@ def profile_ops(path: str | Path, feed: dict, threads: int, runs: int, folder: P
     return aggregate_profile(events, runs), heaviest_nodes(events, runs)
 
 
-SWEEP = {  # name -> onnx_session keyword arguments (threads are added by the caller)
-    "runtime now (ALL, inter 1, sequential)": {},
+SWEEP = {  # name -> onnx_session keyword arguments on top of the runtime's options (threads added by the caller)
+    "runtime (ALL, inter 1, sequential, no spinning)": {},
+    "intra-op spinning on (onnxruntime default)": {"spinning": True},
     "optimization EXTENDED": {"level": "extended"},
     "optimization BASIC": {"level": "basic"},
-    "no intra-op spinning": {"spinning": False},
     "parallel execution, inter 2": {"parallel": True, "inter_threads": 2},
 }
 

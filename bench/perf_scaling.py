@@ -58,16 +58,16 @@ def latency_sweep(models: dict, sizes: Sequence[int], prompts: Sequence[int], fi
     return by_size, by_prompts
 
 
-def pixel_decoder_flops(models: dict, sizes: Sequence[int], prompts: int) -> dict:
-    """{size: {model: (pixel decoder GFLOPs, of which modality fusion)}} by count_flops."""
+def pixel_decoder_flops(models: dict, settings: Sequence[tuple[int, int]]) -> dict:
+    """{(size, prompts): {model: (pixel decoder GFLOPs, of which modality fusion)}} by count_flops."""
     from perception_core.model.flops import count_flops
 
     result = {}
-    for size in sizes:
-        result[size] = {}
+    for size, prompts in settings:
+        result[size, prompts] = {}
         for name, model in models.items():
             report = count_flops(model, size, prompts, TOKENS, prune=False)
-            result[size][name] = (report.pixel_decoder, report.modality_fusion)
+            result[size, prompts][name] = (report.pixel_decoder, report.modality_fusion)
     return result
 
 
@@ -108,8 +108,11 @@ def run(settings: Settings) -> Section:
     models = {name: build_random(name) for name in MODELS}
     repeats = 1 if settings.quick else 3
     by_size, by_prompts = latency_sweep(models, sizes, prompts, 4, 384, repeats)
-    flops = pixel_decoder_flops(models, sizes, 4)
-    data = {"by_size": by_size, "by_prompts": by_prompts, "flops": flops, "fixed_prompts": 4, "fixed_size": 384,
+    counted = pixel_decoder_flops(models, [(size, 4) for size in sizes] + [(384, count) for count in prompts])
+    flops = {size: counted[size, 4] for size in sizes}
+    prompt_flops = {count: counted[384, count] for count in prompts}
+    data = {"by_size": by_size, "by_prompts": by_prompts, "flops": flops, "prompt_flops": prompt_flops,
+            "fixed_prompts": 4, "fixed_size": 384,
             "threads": settings.threads, "repeats": repeats}
     settings.docs.mkdir(parents=True, exist_ok=True)
     plot(data, settings.docs / "bench_scaling.png")
@@ -130,10 +133,12 @@ def render(data: dict, load) -> str:
         lines.append(f"| {size} | {t[ours]:.0f} | {t[base]:.0f} | {t[ours] / t[base]:.2f} | {f[ours][0]:.2f} "
                      f"| {f[base][0]:.2f} | {f[ours][0] / f[base][0]:.1%} |")
     lines += ["", f"Latency vs prompts at {data['fixed_size']}px:", "",
-              f"| prompts | {ours} ms | {base} ms | time ratio |", "|---|---|---|---|"]
+              f"| prompts | {ours} ms | {base} ms | time ratio | {ours} pix. dec. GFLOPs (fusion) "
+              f"| {base} pix. dec. GFLOPs (fusion) |", "|---|---|---|---|---|---|"]
     for count in sorted(data["by_prompts"]):
-        t = data["by_prompts"][count]
-        lines.append(f"| {count} | {t[ours]:.0f} | {t[base]:.0f} | {t[ours] / t[base]:.2f} |")
+        t, f = data["by_prompts"][count], data["prompt_flops"][count]
+        lines.append(f"| {count} | {t[ours]:.0f} | {t[base]:.0f} | {t[ours] / t[base]:.2f} "
+                     f"| {f[ours][0]:.2f} ({f[ours][1]:.2f}) | {f[base][0]:.2f} ({f[base][1]:.2f}) |")
     growth = {name: growth_exponent(sizes, [data["flops"][s][name][0] for s in sizes]) for name in MODELS}
     latency_growth = {name: growth_exponent(sizes, [data["by_size"][s][name] for s in sizes]) for name in MODELS}
     first, last = sizes[0], sizes[-1]

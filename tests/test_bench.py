@@ -195,3 +195,12 @@ def test_markdown_writer_replaces_only_the_given_sections():
     assert perf_report.render([], "# old file without markers\n") == perf_report.HEADER + "\n\n\n"
     with pytest.raises(ValueError, match="section key"):
         perf_report.render([Section("bad key!", "t", "b")])
+
+
+def test_runtime_sessions_do_not_spin():
+    """The fix the option sweep kept: idle intra-op workers sleep (runtime/onnx_engine.session_options)."""
+    from perception_core.runtime.onnx_engine import session_options
+
+    options = session_options(2)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
