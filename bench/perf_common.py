@@ -212,6 +212,14 @@ def clip_frames(frames: int, seed: int = 7) -> tuple[list[np.ndarray], list[dict
     return generate_video(seed, make_config("normal", frames=(frames, frames)), split="test")
 
 
+def clip_prompts(tracks: list[dict]) -> list[str]:
+    """Composition names of a generated clip's objects ("red star", ...), in category-id order."""
+    from perception_core.training.synth.vocabulary import composition_name, composition_of
+
+    ids = sorted({int(track["category_id"]) for track in tracks})
+    return [composition_name(*composition_of(i)) for i in ids]
+
+
 def relative(path: str | Path) -> str:
     """`path` relative to the repository when inside it (for reports), else as given."""
     path = Path(path).resolve()

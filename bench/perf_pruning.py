@@ -19,18 +19,11 @@ import os
 
 import numpy as np
 
-from perf_common import Section, Settings, build_random, clip_frames, goal, machine_line, model_pruning, onnx_session
+from perf_common import (Section, Settings, build_random, clip_frames, clip_prompts, goal, machine_line, model_pruning,
+                         onnx_session)
 
 SIZE = 384
 NANO_MASKDINO = ["pixel_decoder.type=maskdino", "decoder.multi_scale=true", "pruning.enabled=false"]
-
-
-def clip_prompts(tracks: list[dict]) -> list[str]:
-    """Composition names of the clip's objects, in category-id order."""
-    from perception_core.training.synth.vocabulary import composition_name, composition_of
-
-    ids = sorted({int(track["category_id"]) for track in tracks})
-    return [composition_name(*composition_of(i)) for i in ids]
 
 
 def kept_on_clip(onnx_path, frames: list[np.ndarray], prompts: list[str], preset: str, threads: int) -> np.ndarray:
