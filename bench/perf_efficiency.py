@@ -152,9 +152,10 @@ def render(data: dict, settings: Settings, load) -> str:
         lines.append(f"| {name} | {fmt_ms(ms)} | {ms / base:.2f} | {'yes' if perf_profile.helps(base, ms) else 'no'} |")
     layout = data["layout"]
     (old_name, old_ms), (new_name, new_ms) = layout["ms"].items()
+    verdict = ("Worth moving into model/deform_attn.py (a re-export is needed)." if perf_profile.helps(old_ms, new_ms)
+               else "Not worth a model change.")
     lines += ["", f"Deformable-attention sampling layout, pixel decoder cross-attention alone ({layout['shape']}), "
                   f"onnxruntime {threads} threads: {old_name} {old_ms:.2f} ms vs {new_name} {new_ms:.2f} ms "
                   f"({old_ms / new_ms:.2f}x; outputs agree to {layout['max_abs_difference']:.1e}). "
-                  f"{'Worth moving into model/deform_attn.py (re-export needed).' if perf_profile.helps(old_ms, new_ms) else 'Not worth a model change.'}",
-              ""]
+                  f"{verdict}", ""]
     return "\n".join(lines)

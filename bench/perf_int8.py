@@ -176,8 +176,10 @@ def render(data: dict, settings: Settings, load) -> str:
              f"onnxruntime {settings.threads} threads, {settings.repeats} round-robin runs, median; AP: first "
              f"{images} images of `{relative(data['annotations'])}`, "
              f"all categories as prompts, `mobius eval`'s code path. quant_pre_process "
-             f"{'applied' if data['preprocessed'] else 'FAILED (graph quantized as exported)'}. {machine_line(load)}.", "",
-             "| variant | file MB | median ms | speed-up | mask AP | box AP | mask AP change |", "|---|---|---|---|---|---|---|"]
+             f"{'applied' if data['preprocessed'] else 'FAILED (graph quantized as exported)'}. "
+             f"{machine_line(load)}.", "",
+             "| variant | file MB | median ms | speed-up | mask AP | box AP | mask AP change |",
+             "|---|---|---|---|---|---|---|"]
     for name, ms in data["ms"].items():
         acc = data["accuracy"][name]
         lines.append(f"| {name} | {data['sizes'][name]:.1f} | {fmt_ms(ms)} | {base_ms / ms:.2f}x "

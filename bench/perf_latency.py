@@ -64,7 +64,8 @@ def model_only(settings: Settings, onnx_path, frame: np.ndarray, prompts: list[s
     feed = {"images": image, **text, "track_queries": np.zeros((1, 0, hidden), np.float32),
             "track_boxes": np.zeros((1, 0, 4), np.float32), "prune_thresholds": thresholds,
             "prune_min_kept": min_kept}
-    timing = time_interleaved({"model": lambda: session.run(None, feed)}, settings.repeats * 2, settings.warmup)["model"]
+    timing = time_interleaved({"model": lambda: session.run(None, feed)}, settings.repeats * 2,
+                              settings.warmup)["model"]
     logits, *_, kept = session.run(None, feed)
     scores = np.sort(1.0 / (1.0 + np.exp(-logits[0].max(axis=1))))[::-1]       # best prompt per query
     return {"median_ms": timing.median, "p99_ms": timing.p99, "fps": 1000.0 / timing.median,
@@ -167,5 +168,6 @@ def render(data: dict, settings: Settings, frames: int, load) -> str:
                   "|---|---|---|---|---|---|",
                   *[f"| {r} | {row['fps']:.1f} | {row['frame_ms']:.1f} | {row['median_ms']:.1f} | {row['p99_ms']:.1f} "
                     f"| {row['instances']:.1f} |" for r, row in low.items()], "",
-                  f"Kernel reuse T=3 speed-up with tracked objects: {low_speedup:.2f}x, {goal(low_speedup >= 1.5)}.", ""]
+                  f"Kernel reuse T=3 speed-up with tracked objects: {low_speedup:.2f}x, "
+                  f"{goal(low_speedup >= 1.5)}.", ""]
     return "\n".join(lines)

@@ -20,8 +20,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from perf_common import onnx_session, time_interleaved
 
 # Operator types that carry the FLOPs count_flops counts (matmuls and convolutions).

@@ -94,7 +94,6 @@ def decoder_table(mean_kept: np.ndarray, prompts: int, tokens: int) -> list[dict
 
 
 def run(settings: Settings) -> Section:
-    from perception_core import assets
     from perception_core.config import load_model_config
     from perception_core.runtime.decoder_cost import DecoderShape, decoder_gflops
     from perf_latency import default_model
@@ -131,7 +130,8 @@ def render(data: dict, settings: Settings, frames: int, load) -> str:
              f"{max(r[-1] for r in data['kept'])}).", "",
              f"Decoder GFLOPs by count_flops (query selection and text projections included, as in the FLOPs "
              f"table) at {SIZE}x{SIZE}, {len(data['prompts'])} prompts; pruned rows replay the kept counts:", "",
-             "| Decoder | kept per layer | GFLOPs | vs unpruned | vs MaskDINO-style baseline |", "|---|---|---|---|---|"]
+             "| Decoder | kept per layer | GFLOPs | vs unpruned | vs MaskDINO-style baseline |",
+             "|---|---|---|---|---|"]
     for row in rows:
         unpruned = "-" if row["vs_unpruned"] is None else f"{row['vs_unpruned']:.1%}"
         lines.append(f"| {row['name']} | {','.join(map(str, row['kept']))} | {row['decoder']:.3f} | {unpruned} "
@@ -143,5 +143,6 @@ def render(data: dict, settings: Settings, frames: int, load) -> str:
               f"{measured['vs_baseline']:.1%}, {goal(measured['vs_baseline'] <= 0.25)}; mini_m projection "
               f"{projected['vs_baseline']:.1%}, {goal(projected['vs_baseline'] <= 0.25)} (projection: "
               f"kept fractions by relative depth, clamped to mobius_mini_m's min_kept; with min_kept = "
-              f"{floor['kept'][-1]} of {floor['kept'][0]} queries the lowest reachable is {floor['vs_baseline']:.1%}).", ""]
+              f"{floor['kept'][-1]} of {floor['kept'][0]} queries the lowest reachable is "
+              f"{floor['vs_baseline']:.1%}).", ""]
     return "\n".join(lines)

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         try:
             section = importlib.import_module(MODULES[key]).run(settings)
-        except Exception as error:  # one broken section must not lose the others' numbers
+        except Exception:  # one broken section must not lose the others' numbers
             failed.append(key)
             tqdm.write(f"[bench] section {key} FAILED:\n{traceback.format_exc()}")
             continue
