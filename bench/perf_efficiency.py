@@ -136,8 +136,9 @@ def render(data: dict, settings: Settings, load) -> str:
               "", f"### onnxruntime profile by operator type ({threads} threads)", "",
               *perf_profile.op_table(stats), "",
               f"Node time in matmul/convolution ops: {gemm_ms:.1f} of {total_ms:.1f} ms ({gemm_ms / total_ms:.0%}); "
-              f"the counted {e.gflops:.2f} GFLOPs run there at {e.gflops / (gemm_ms / 1000):.1f} GFLOP/s "
-              f"({e.gflops / (gemm_ms / 1000) / peaks[threads]:.0%} of peak). The other "
+              f"the counted {e.gflops:.2f} GFLOPs (all but the few grid_sample taps run there) go at about "
+              f"{e.gflops / (gemm_ms / 1000):.1f} GFLOP/s ({e.gflops / (gemm_ms / 1000) / peaks[threads]:.0%} of "
+              f"peak) inside those ops. The other "
               f"{total_ms - gemm_ms:.1f} ms (layout: Transpose/Concat/Reshape/Reorder*, sampling: GridSample, "
               f"elementwise: Add/Mul/Div/Softmax/norms) carry no counted FLOPs: that is the biggest loss.", "",
               "Heaviest nodes:", "", "| node | op | ms per run | input shapes |", "|---|---|---|---|",
