@@ -126,8 +126,9 @@ def test_resume_skips_finished_variants(ablation):
     assert {path: os.stat(path).st_mtime_ns for path in stamps} == stamps  # nothing retrained
     for key in ("runs", "tab3", "tab14", "fig4", "claims"):
         assert second[key] == first[key]
-    # Without --resume, finished runs are never overwritten.
+    # Without --resume, finished runs are never overwritten; nor are they reused for other settings.
     assert _ablate(ablation) == 2
+    assert _ablate(ablation, "--resume", "--steps", str(TINY.steps + 5)) == 2
     assert {path: os.stat(path).st_mtime_ns for path in stamps} == stamps
 
 

@@ -124,6 +124,18 @@ def calibration_under_pruning(results: dict) -> dict:
     return _result("calibration_under_pruning", claim, paper, _verdict(primary[1] > primary[2], *aps), ours)
 
 
+def calibration_lowers_ece(results: dict) -> dict:
+    claim = "the calibration loss aligns confidence with localization quality: lower ECE than the focal loss"
+    paper = "Sec. 3.3 / Eq. 4 and Sec. 8.5 (the premise of calibrated pruning; no ECE is reported)"
+    rows = {row["variant"]: row["eval"] for row in results.get("tab14", []) if row["eval"]["schedule"] is None}
+    if "calibration" not in rows or "focal" not in rows or rows["calibration"]["ece_mask"] is None:
+        return _result("calibration_lowers_ece", claim, paper, NOT_EVALUATED, "Tab. 14 was not run")
+    calibrated, focal = rows["calibration"]["ece_mask"], rows["focal"]["ece_mask"]
+    ours = f"ECE (confidence vs mask IoU, no pruning) {calibrated:.3f} with calibration vs {focal:.3f} with focal loss"
+    aps = [_points(rows[name]["mask_AP"]) for name in ("calibration", "focal")]
+    return _result("calibration_lowers_ece", claim, paper, _verdict(calibrated < focal, *aps), ours)
+
+
 def _fig4(results: dict) -> tuple[dict | None, list[dict]]:
     rows = results.get("fig4", {}).get("rows", [])
     unpruned = next((row for row in rows if row["schedule"] is None), None)
@@ -180,7 +192,7 @@ def sigmoid_schedule_best(results: dict) -> dict:
 # The three expected claims first, then the further findings of Tab. 3 and Tab. 15.
 CHECKS: tuple[Callable[[dict], dict], ...] = (
     bottleneck_vs_maskdino, calibration_under_pruning, pruning_halves_flops,
-    stride16_vs_stride8, single_scale_decoding, sigmoid_schedule_best,
+    stride16_vs_stride8, single_scale_decoding, calibration_lowers_ece, sigmoid_schedule_best,
 )
 
 

@@ -67,7 +67,8 @@ def how_to_run(results: dict, estimates: list[dict]) -> list[str]:
     lines = ["## How to run the real ablation", "",
              "```",
              "mobius ablate --out docs/ablations --scale full --data data/synth --resume   # default model's data and recipe",
-             "mobius ablate --out docs/ablations --scale small --resume                    # generates 1000 + 100 images",
+             f"mobius ablate --out docs/ablations --scale small --resume                    # generates "
+             f"{SCALES['small'].train_images} + {SCALES['small'].test_images} images",
              "mobius ablate --out docs/ablations --scale full --only tab14,fig4 --resume   # one experiment at a time",
              "mobius ablate --out docs/ablations --scale full --estimate 3                 # time 3 steps per variant",
              "```", "",
@@ -90,7 +91,12 @@ def how_to_run(results: dict, estimates: list[dict]) -> list[str]:
         lines += ["Training time per variant on this machine (2 CPU cores shared with other work, so these are "
                   "upper-end figures; evaluation adds minutes):", ""]
         lines += _table(["Scale", "Run", "s / step", "Steps", "Hours", "Measured by"], rows) + [""]
-    return lines
+    for estimate in estimates:
+        hours = sum(item["hours"] for item in estimate["runs"].values())
+        lines.append(f"- `{estimate['scale']}`, every variant ({len(estimate['runs'])} training runs): about "
+                     f"{hours:.1f} h of training, from {estimate['measured_steps']} timed steps per run (the first "
+                     f"one, warm-up, not counted), so expect +-20% noise.")
+    return lines + ([""] if estimates else [])
 
 
 def setup(results: dict) -> list[str]:

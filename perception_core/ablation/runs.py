@@ -27,7 +27,8 @@ from .spec import AblationError, Scale, Variant
 log = logging.getLogger("mobius.ablate")
 FINISHED = "ablation_run.json"
 # Keys that may differ between a run folder and the present command without changing the model.
-_NEUTRAL_KEYS = ("output_dir", "num_workers", "log_interval", "checkpoint_interval", "eval_interval")
+_NEUTRAL_KEYS = ("output_dir", "num_workers", "log_interval", "checkpoint_interval", "eval_interval",
+                 "eval_ap_images")
 
 
 @dataclass(frozen=True)
@@ -114,18 +115,27 @@ def check_run_folders(runs: Sequence[PlannedRun], resume: bool) -> None:
         saved_path = run.folder / "config.yaml"
         saved = identity(yaml.safe_load(saved_path.read_text()) or {}) if saved_path.is_file() else {}
         planned = identity(json.loads(json.dumps(to_plain_dict(run.config))))
-        if saved != planned:
-            differing = sorted(_differences(saved, planned))
+        differing = _differences(saved, planned, _defaults())
+        if differing:
             raise AblationError(f"run folder '{run.folder}' was trained with other settings ({', '.join(differing[:6])}"
                                 f"); use the same --scale/--steps/--recipe/--data/--set as before, or another --runs folder")
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def _defaults() -> dict:
+    """TrainConfig defaults as a plain dict (a key newer than a run folder counts as unchanged when
+    the planned value is its default)."""
+    return json.loads(json.dumps(to_plain_dict(TrainConfig())))
+
+
+def _differences(old: dict, new: dict, defaults: dict, prefix: str = "") -> list[str]:
     keys = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
+        default = defaults.get(key) if isinstance(defaults, dict) else None
         if isinstance(a, dict) and isinstance(b, dict):
-            keys += _differences(a, b, f"{prefix}{key}.")
+            keys += _differences(a, b, default if isinstance(default, dict) else {}, f"{prefix}{key}.")
+        elif key not in old and isinstance(defaults, dict) and key in defaults and b == default:
+            continue
         elif a != b:
             keys.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return keys

@@ -132,7 +132,7 @@ SCALES: dict[str, Scale] = {
                   fig4_bounds=(PAPER_PRUNING, (0.2, 0.5))),
     # A reduced model (64 wide, 4 decoder layers, 50 queries) on 128 px images of the easy preset:
     # every variant of every experiment in about an hour on 2 CPU cores, with APs well above zero.
-    "small": Scale("small", "training/recipes/mobius_nano_synth_cpu.yaml", steps=600, train_images=800,
+    "small": Scale("small", "training/recipes/ablation_nano_cpu.yaml", steps=600, train_images=800,
                    test_images=100, image_size=(128, 128), difficulty="easy", use_photos=True,
                    area_fraction=(0.03, 0.4), eval_size=128,
                    recipe_overrides=("data.train_sizes=[112,128,144]", "data.max_size=160", "data.val_size=128",
@@ -144,8 +144,8 @@ SCALES: dict[str, Scale] = {
                    tab3=tuple(v.name for v in TAB3),
                    tab14_pruning=_sigmoid(PAPER_PRUNING, (0.1, 0.3), (0.2, 0.5)),
                    fig4_bounds=((0.02, 0.1), PAPER_PRUNING, (0.1, 0.3), (0.2, 0.5), (0.3, 0.7))),
-    # The default model's CPU recipe and data sizes (training/recipes/mobius_nano_synth_cpu.yaml).
-    "full": Scale("full", "training/recipes/mobius_nano_synth_cpu.yaml", steps=2000, train_images=10000,
+    # The default model's CPU recipe (frozen copy) and data sizes.
+    "full": Scale("full", "training/recipes/ablation_nano_cpu.yaml", steps=2000, train_images=10000,
                   test_images=500, image_size=(384, 384), difficulty="normal", use_photos=True,
                   area_fraction=None, eval_size=320, recipe_overrides=(),
                   tab3=tuple(v.name for v in TAB3),
