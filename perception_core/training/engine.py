@@ -337,9 +337,14 @@ def build_loaders(config: TrainConfig, info: DistInfo):
 
 def _loader(dataset, sampler, config: TrainConfig, drop_last: bool = True) -> DataLoader:
     # An explicit generator: creating the iterator must not consume the global torch RNG.
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+    # Workers start from a forkserver, not fork: a forked child of a process whose OpenCV (or
+    # OpenMP) thread pool is running can deadlock on its first cv2 call. Persistent workers pay
+    # the start-up once per run instead of once per epoch.
+    workers = config.num_workers
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, drop_last=drop_last, worker_init_fn=_worker_init,
-                      generator=torch.Generator().manual_seed(config.seed))
+                      generator=torch.Generator().manual_seed(config.seed),
+                      multiprocessing_context="forkserver" if workers else None, persistent_workers=workers > 0)
 
 
 def _worker_init(worker_id: int) -> None:
