@@ -31,7 +31,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 # Debian packages: GStreamer runtime + what pygobject/pycairo need to build from source.
 APT_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gstreamer1.0-plugins-ugly gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
 	libgirepository1.0-dev libcairo2-dev pkg-config
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 

@@ -80,6 +80,19 @@ def test_file_to_file_preserves_frame_count_and_timestamps(tmp_path):
     assert again.frames[4][2:6, 2:6].min() > 200
 
 
+def test_mp4_file_source_through_decodebin(tmp_path):
+    """The issue's own example, `filesrc location=x.mp4 ! decodebin`: H.264 written by x264enc is
+    decoded again by GStreamer (avdec_h264 from gstreamer1.0-libav) with every frame."""
+    source = tmp_path / "in.mp4"
+    run_pipeline(PipelineConfig("videotestsrc num-buffers=7 pattern=ball ! "
+                                "video/x-raw,width=96,height=64,framerate=10/1", file_sink(source)),
+                 lambda frame, stamp: frame)
+    recorder = Recorder()
+    stats = run_pipeline(PipelineConfig(f'filesrc location="{source}" ! decodebin', "fakesink"), recorder)
+    assert stats.frames == 7 and len(recorder.frames) == 7
+    assert recorder.frames[0].shape == (64, 96, 3)
+
+
 def test_default_output_is_decodable_and_max_frames_closes_the_file(tmp_path):
     out = default_output(tmp_path / "overlay")
     stats = run_pipeline(PipelineConfig("videotestsrc ! video/x-raw,width=64,height=48", file_sink(out),
