@@ -94,6 +94,7 @@ def _open_csv(path: Path, columns: tuple[str, ...], start_step: int):
     writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
+    file.flush()  # the kept rows are on disk before the first new step
     return file, writer
 
 
