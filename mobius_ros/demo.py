@@ -36,8 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=15.0, help="camera frame rate")
     parser.add_argument("--seed", type=int, default=7, help="clip seed")
     parser.add_argument("--model", help=".onnx or .safetensors model; default: the shipped model")
-    parser.add_argument("--prompts", help="comma-separated prompts; default: those in config/segment.yaml")
+    parser.add_argument("--prompts", help="comma-separated prompts; default: the compositions in the generated clip")
     parser.add_argument("--timeout", type=float, default=55.0, help="stop after this many seconds in any case")
+    # The shipped model is under-trained (docs/MODEL_CARD.md): its calibrated scores (expected IoU)
+    # sit around 0.1-0.2 on objects it finds, below the node's default of 0.4 in config/segment.yaml.
+    parser.add_argument("--score-threshold", type=float, default=0.1,
+                        help="score threshold for the demo (default 0.1; the node's own default is in the YAML)")
 
 
 def _model_overrides(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
@@ -221,11 +225,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides, note = _model_overrides(args, out)
+    print(f"[ros-demo] generating a {args.frames}-frame clip (seed {args.seed}) ...", flush=True)
+    frames, tracks = generate_video(args.seed, make_config("normal", frames=(args.frames, args.frames)))
     if args.prompts:
         overrides["prompts"] = [p.strip() for p in args.prompts.split(",") if p.strip()]
+    else:  # ask for what is in the clip (a robot team would name the objects it cares about)
+        overrides["prompts"] = sorted({f"{t['attributes']['color']} {t['attributes']['shape']}" for t in tracks})
+        print(f"[ros-demo] prompts: the clip's objects {overrides['prompts']}", flush=True)
+    overrides.setdefault("score_threshold", args.score_threshold)
     overrides.update(input_topic=CAMERA_TOPIC, autostart=False)
-    print(f"[ros-demo] generating a {args.frames}-frame clip (seed {args.seed}) ...", flush=True)
-    frames, _ = generate_video(args.seed, make_config("normal", frames=(args.frames, args.frames)))
     context = rclpy.Context()
     rclpy.init(context=context)
     executor = MultiThreadedExecutor(num_threads=3, context=context)
