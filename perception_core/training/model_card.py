@@ -145,9 +145,19 @@ def render(info: dict, training: dict, latency: dict, flops: dict) -> str:
     else:
         lines.append("No `mobius eval --record` result is stored yet.")
     if video:
-        lines += ["", f"`mobius eval-video` on `{video.get('data')}` ({video.get('videos')} clips): video AP "
-                  f"{_pct(video.get('video_AP'))}, HOTA {_pct(video.get('HOTA'))}, IDF1 {_pct(video.get('IDF1'))}, "
-                  f"ID switches {video.get('IDSW')}."]
+        lines += ["", f"`mobius eval-video` on `{video.get('data')}` ({video.get('videos')} clips, score threshold "
+                  f"{video.get('score_threshold', 'default')}): video AP {_pct(video.get('video_AP'))}, HOTA "
+                  f"{_pct(video.get('HOTA'))}, IDF1 {_pct(video.get('IDF1'))}, ID switches {video.get('IDSW')}."]
+    steps = int(info.get("step") or 0)
+    lines += ["", "## What limits it", "",
+              f"The schedule: {steps} steps of {recipe.get('batch_size', 8)} images ({steps * recipe.get('batch_size', 8) / 1000:.0f}k "
+              f"images seen) on one CPU thread, {100 * steps / 24000:.0f}% of the 24k steps the GPU recipe "
+              "(`training/recipes/mobius_nano_synth.yaml`) plans, with a backbone trained from scratch (no "
+              "pretrained weights can be downloaded here). The loss was still falling. A calibrated score "
+              "estimates the mask IoU, so an under-trained model gives low scores (0.1-0.2 on the objects it "
+              "finds): the node's default threshold of 0.4 (config/segment.yaml) hides them, and `make demo` "
+              "uses 0.1. Continue the run with `mobius train --config training/recipes/mobius_nano_synth_cpu.yaml "
+              "--resume auto optim.max_steps=N`, or train the GPU recipe where a GPU is available."]
     lines += ["", "## Cost", "", f"GFLOPs at {info.get('size')} px with {len(info.get('default_prompts', []))} prompts "
               "x 8 tokens (`mobius flops`):", "", "| component | GFLOPs |", "|---|---|"]
     lines += [f"| {name.replace('_', ' ')} | {value:.2f} |" for name, value in flops.items()]
