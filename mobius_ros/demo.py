@@ -279,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
             node.destroy_node()
         context.try_shutdown()
     summary = _summary(camera, recorder, written, seconds, note, out)
+    summary["prompts"] = list(overrides["prompts"])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print(summary)
     return 0 if written > 0 else 1

@@ -6,7 +6,6 @@ import json
 import cv2
 import pytest
 
-from mobius_ros import parameters
 from mobius_ros.demo import main as ros_demo
 
 pytestmark = pytest.mark.ros
@@ -23,5 +22,11 @@ def test_ros_demo_streams_segments_and_writes_the_overlay_video(tmp_path):
     assert frames == summary["overlay_frames_written"] >= 1
     assert summary["frames_published"] == 8
     assert 1 <= summary["frames_processed"] and summary["frames_processed"] + summary["frames_dropped"] <= 8
-    assert set(summary["instances_per_label"]) <= set(parameters.load_defaults()["prompts"])
+    # the demo asks for the objects of its generated clip, and every label is one of those prompts
+    from perception_core.training.synth.config import make_config
+    from perception_core.training.synth.video import generate_video
+
+    _, tracks = generate_video(7, make_config("normal", frames=(8, 8)))
+    assert summary["prompts"] == sorted({f"{t['attributes']['color']} {t['attributes']['shape']}" for t in tracks})
+    assert set(summary["instances_per_label"]) <= set(summary["prompts"])
     assert summary["node_latency_ms"]["p50"] > 0 and summary["kept_queries_per_layer"]
