@@ -10,18 +10,16 @@ from .io_names import INPUT_NAMES, OUTPUT_NAMES
 
 def session_options(threads: int):
     """CPU session options of every onnxruntime session in the runtime: `threads` intra-op threads,
-    one inter-op thread, all graph optimizations, and idle intra-op workers that sleep instead of
-    spin-waiting for the next run. Spinning wins a little on an idle machine but on 2 cores shared
-    with other processes (the robot's other nodes, here a training job) the spinning workers take the
-    cores from everything else, including the next run: bench/perf_efficiency.py measured the default
-    model at 2 threads 207 -> 114 ms median under load (docs/BENCHMARKS.md, "Cheap fixes tried")."""
+    one inter-op thread, all graph optimizations. Idle intra-op workers keep onnxruntime's default
+    spin-waiting: bench/perf_profile.py measured the default model at 2 threads 33 ms with spinning vs
+    42 ms without on an idle machine, and 55 vs 52 ms with one core busy elsewhere, where 1 thread
+    (49 ms) beats both: on a loaded machine lower `threads` rather than turning spinning off."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
