@@ -166,7 +166,7 @@ def onnx_session(path: str | Path, threads: int = 2, level: str | None = None, i
         options.inter_op_num_threads = inter_threads
     if parallel:
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-    if spinning is not None and spinning != (options.get_session_config_entry(SPINNING) == "1"):
+    if spinning is not None:
         options.add_session_config_entry(SPINNING, "1" if spinning else "0")
     if profile_prefix is not None:
         options.enable_profiling = True

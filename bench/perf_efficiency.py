@@ -105,13 +105,14 @@ def run(settings: Settings) -> Section:
     stats, nodes = perf_profile.profile_ops(model.onnx, feed, settings.threads, 3 if settings.quick else 10,
                                             settings.cache / "profiles")
     sweep = perf_profile.option_sweep(model.onnx, feed, settings.threads, settings.repeats, settings.warmup)
+    contention = perf_profile.contention_check(model.onnx, feed, settings.repeats, settings.warmup)
     from perception_core.config import load_model_config
 
     cfg = load_model_config(model.preset)
     layout = perf_profile.deform_layout(SIZE, cfg.hidden_dim, cfg.pixel_decoder.heads, cfg.pixel_decoder.points,
                                         settings.threads, settings.repeats, settings.warmup)
     data = {"peaks": peaks, "efficiency": efficiency, "stats": stats, "nodes": nodes, "sweep": sweep,
-            "layout": layout, "kept": kept, "n": n, "trained": model.trained}
+            "layout": layout, "contention": contention, "kept": kept, "n": n, "trained": model.trained}
     return Section("efficiency", "Achieved FLOP/s, profile and fixes", render(data, settings, load), data=data)
 
 
@@ -144,13 +145,19 @@ def render(data: dict, settings: Settings, load) -> str:
               "Heaviest nodes:", "", "| node | op | ms per run | input shapes |", "|---|---|---|---|",
               *[f"| {name} | {op} | {ms:.2f} | {shapes} |" for name, op, ms, shapes in data["nodes"]], "",
               "### Cheap fixes tried", "", "Session options (round-robin, median ms; a variant counts when >= 5% "
-              "faster than the runtime's settings; the runtime turned intra-op spinning off after this sweep "
-              "measured it):", "", "| variant | median ms | vs runtime | helps |",
+              "faster than the runtime's settings):", "", "| variant | median ms | vs runtime | helps |",
               "|---|---|---|---|"]
     sweep = data["sweep"]
     base = next(iter(sweep.values()))
     for name, ms in sweep.items():
         lines.append(f"| {name} | {fmt_ms(ms)} | {ms / base:.2f} | {'yes' if perf_profile.helps(base, ms) else 'no'} |")
+    contention = data["contention"]
+    names = list(next(iter(contention.values())))
+    lines += ["", "Spinning and threads when the cores are shared (median ms; 'one core busy' = a spinning "
+                  "child process beside the model, like another node on the robot):", "",
+              "| machine | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+              *[f"| {state} | " + " | ".join(fmt_ms(row[n]) for n in names) + " |"
+                for state, row in contention.items()]]
     layout = data["layout"]
     (old_name, old_ms), (new_name, new_ms) = layout["ms"].items()
     verdict = ("Worth moving into model/deform_attn.py (a re-export is needed)." if perf_profile.helps(old_ms, new_ms)

@@ -5,7 +5,7 @@
   by node (the heaviest single nodes with their input shapes).
 - `option_sweep`: session options timed in round-robin against the runtime's settings
   (runtime/onnx_engine.session_options): intra-op spinning, graph optimization level, parallel
-  execution mode.
+  execution mode; `contention_check`: spinning vs not vs 1 thread with one core kept busy.
 - `deform_layout`: the deformable-attention sampling core of the pixel decoder in two layouts,
   exported alone at the model's shapes: the current one (per-level grid_sample, concat along the
   sample axis, permute, matmul with the weights) and a concat-free one (per-level weighted sum
@@ -98,8 +98,8 @@ def profile_ops(path: str | Path, feed: dict, threads: int, runs: int, folder: P
 
 
 SWEEP = {  # name -> onnx_session keyword arguments on top of the runtime's options (threads added by the caller)
-    "runtime (ALL, inter 1, sequential, no spinning)": {},
-    "intra-op spinning on (onnxruntime default)": {"spinning": True},
+    "runtime (ALL, inter 1, sequential, spinning)": {},
+    "no intra-op spinning": {"spinning": False},
     "optimization EXTENDED": {"level": "extended"},
     "optimization BASIC": {"level": "basic"},
     "parallel execution, inter 2": {"parallel": True, "inter_threads": 2},
@@ -112,6 +112,27 @@ def option_sweep(path: str | Path, feed: dict, threads: int, repeats: int, warmu
     timings = time_interleaved({name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()},
                                repeats, warmup)
     return {name: t.median for name, t in timings.items()}
+
+
+def contention_check(path: str | Path, feed: dict, repeats: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Median ms of {2 threads spinning, 2 threads not spinning, 1 thread} on the machine as it is and
+    with one core kept busy by a spinning child process (another node on the robot): whether to turn
+    spinning off or use fewer threads when the cores are shared."""
+    import subprocess
+    import sys
+
+    sessions = {"2 threads, spinning": onnx_session(path, 2, spinning=True),
+                "2 threads, no spinning": onnx_session(path, 2, spinning=False),
+                "1 thread": onnx_session(path, 1)}
+    calls = {name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()}
+    result = {"as is": {n: t.median for n, t in time_interleaved(calls, repeats, warmup).items()}}
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        result["one core busy"] = {n: t.median for n, t in time_interleaved(calls, repeats, warmup).items()}
+    finally:
+        burner.terminate()
+        burner.wait(timeout=10)
+    return result
 
 
 def helps(baseline_ms: float, variant_ms: float, margin: float = 0.05) -> bool:

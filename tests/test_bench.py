@@ -197,10 +197,17 @@ def test_markdown_writer_replaces_only_the_given_sections():
         perf_report.render([Section("bad key!", "t", "b")])
 
 
-def test_runtime_sessions_do_not_spin():
-    """The fix the option sweep kept: idle intra-op workers sleep (runtime/onnx_engine.session_options)."""
+def test_bench_sessions_start_from_the_runtime_options(tiny):
+    """The sweep's baseline is what the runtime runs (runtime/onnx_engine.session_options); a knob
+    changes only itself."""
     from perception_core.runtime.onnx_engine import session_options
 
-    options = session_options(2)
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    runtime = session_options(2)
+    session = onnx_session(tiny, threads=2)
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == runtime.intra_op_num_threads == 2
+    assert options.inter_op_num_threads == runtime.inter_op_num_threads == 1
+    assert options.graph_optimization_level == runtime.graph_optimization_level
+    changed = onnx_session(tiny, threads=2, spinning=False, level="basic").get_session_options()
+    assert changed.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert changed.intra_op_num_threads == 2 and changed.graph_optimization_level != runtime.graph_optimization_level
