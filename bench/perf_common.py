@@ -2,9 +2,9 @@
 
 - `Settings`: quick (smoke) vs full mode, thread count, repeats; one frozen object passed to every
   section so `--quick` changes sizes and repeats in one place.
-- Timing: `time_calls` (one callable) and `time_interleaved` (several callables in round-robin, so
-  that a load spike from other jobs on this shared machine hits every contender alike: ratios taken
-  from one interleaved run are the numbers to trust, absolute milliseconds drift).
+- Timing: `time_calls` (one callable) and `time_interleaved` (several callables in round-robin, per
+  call or in blocks, so that a load spike from other jobs on this shared machine hits every contender
+  alike: ratios taken from one interleaved run are the numbers to trust, absolute milliseconds drift).
 - `cached_onnx`: a model preset exported once to `.bench_cache/onnx/` (gitignored), keyed by a hash
   of the code and config that determine the graph, so repeated bench runs skip the 30-90 s export.
 - `onnx_session` / `random_feed`: onnxruntime sessions with explicit options and feeds for a graph.
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 CACHE = ROOT / ".bench_cache"
 SPINNING = "session.intra_op.allow_spinning"
+BLOCK = 5  # timed calls per round-robin block when onnxruntime sessions are compared (see time_interleaved)
 # Files whose content determines an exported graph (besides torch's version and the export args).
 EXPORT_SOURCES = ("perception_core/model/*.py", "perception_core/config.py", "config/models/*.yaml",
                   "perception_core/runtime/export.py", "perception_core/runtime/export_kernels.py",
@@ -84,19 +85,26 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timin
     return time_interleaved({"fn": fn}, repeats, warmup)["fn"]
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, Timing]:
-    """Samples of several callables taken in round-robin order (A B C A B C ...)."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                     block: int = 1) -> dict[str, Timing]:
+    """`repeats` samples of each callable, taken in round-robin order (A B C A B C ...), or with
+    block > 1 in round-robin blocks: one untimed call, then `block` timed calls of A, the same for B,
+    ... (onnxruntime's idle workers spin-wait for a while after a run: a session timed right after
+    another one competes with those spinning threads, which a per-call round robin would charge to it)."""
+    if repeats < 1 or warmup < 0 or block < 1:
+        raise ValueError(f"repeats={repeats} and block={block} must be >= 1 and warmup={warmup} >= 0")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    while len(next(iter(samples.values()))) < repeats:
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1000.0)
+            if block > 1:
+                fn()
+            for _ in range(min(block, repeats - len(samples[name]))):
+                start = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - start) * 1000.0)
     return {name: Timing(tuple(values)) for name, values in samples.items()}
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perf_common import Section, Settings, fmt_ms, goal, machine_line, model_pruning, onnx_session, time_interleaved
+from perf_common import (BLOCK, Section, Settings, fmt_ms, goal, machine_line, model_pruning, onnx_session,
+                         time_interleaved)
 
 SIZE = 384
 
@@ -99,7 +100,7 @@ def run(settings: Settings) -> Section:
     sessions = {t: onnx_session(model.onnx, t) for t in (1, 2)}
     kept = [int(k) for k in sessions[1].run(["kept_per_layer"], feed)[0]]
     latency = time_interleaved({t: (lambda s=s: s.run(None, feed)) for t, s in sessions.items()},
-                               settings.repeats, settings.warmup)
+                               settings.repeats, settings.warmup, BLOCK)
     gflops = model_gflops(model, feed, kept)
     efficiency = {t: flops_fraction(gflops, latency[t].median, peaks[t]) for t in (1, 2)}
     stats, nodes = perf_profile.profile_ops(model.onnx, feed, settings.threads, 3 if settings.quick else 10,

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from perf_common import onnx_session, time_interleaved
+from perf_common import BLOCK, onnx_session, time_interleaved
 
 # Operator types that carry the FLOPs count_flops counts (matmuls and convolutions).
 GEMM_OPS = frozenset({"Conv", "FusedConv", "NhwcFusedConv", "MatMul", "FusedMatMul", "Gemm", "MatMulInteger",
@@ -110,7 +110,7 @@ def option_sweep(path: str | Path, feed: dict, threads: int, repeats: int, warmu
     """Median ms of each SWEEP variant, timed in round-robin."""
     sessions = {name: onnx_session(path, threads, **kwargs) for name, kwargs in SWEEP.items()}
     timings = time_interleaved({name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()},
-                               repeats, warmup)
+                               repeats, warmup, BLOCK)
     return {name: t.median for name, t in timings.items()}
 
 
@@ -125,10 +125,10 @@ def contention_check(path: str | Path, feed: dict, repeats: int, warmup: int) ->
                 "2 threads, no spinning": onnx_session(path, 2, spinning=False),
                 "1 thread": onnx_session(path, 1)}
     calls = {name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()}
-    result = {"as is": {n: t.median for n, t in time_interleaved(calls, repeats, warmup).items()}}
+    result = {"as is": {n: t.median for n, t in time_interleaved(calls, repeats, warmup, BLOCK).items()}}
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        result["one core busy"] = {n: t.median for n, t in time_interleaved(calls, repeats, warmup).items()}
+        result["one core busy"] = {n: t.median for n, t in time_interleaved(calls, repeats, warmup, BLOCK).items()}
     finally:
         burner.terminate()
         burner.wait(timeout=10)
@@ -203,7 +203,8 @@ def deform_layout(size: int, dim: int, heads: int, points: int, threads: int, re
             torch.onnx.export(module, inputs, str(path), dynamo=True, opset_version=18, input_names=names,
                               output_names=["out"], verbose=False)
             sessions[label] = onnx_session(path, threads)
-        timings = time_interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, repeats, warmup)
+        timings = time_interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, repeats, warmup,
+                                   BLOCK)
     return {"ms": {k: t.median for k, t in timings.items()}, "max_abs_difference": difference,
             "shape": f"{batch_heads} x {head_dim} channels, {queries} queries, {len(shapes)} levels "
                      f"{shapes}, {points} points"}

@@ -1,7 +1,7 @@
 """`make bench`: every performance benchmark of issue 9, written to docs/BENCHMARKS.md (+ PNGs in docs/).
 
-    python bench/run_all.py                       # everything (~25-40 min on 2 busy cores)
-    python bench/run_all.py --quick               # smoke run: few repeats, small sweeps (~5-10 min)
+    python bench/run_all.py                       # everything (~10 min on 2 idle cores, more under load)
+    python bench/run_all.py --quick               # smoke run: few repeats, small sweeps (~1.5 min)
     python bench/run_all.py --only latency int8   # redo some sections; the others stay in the file
 
 Sections (bench/perf_*.py, each a `run(Settings) -> Section`):

@@ -124,6 +124,15 @@ def test_time_interleaved_round_robin_order():
         time_interleaved({"a": lambda: None}, repeats=0)
 
 
+def test_time_interleaved_blocks_settle_then_time():
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "ab"}
+    timings = time_interleaved(calls, repeats=3, warmup=0, block=2)
+    # rounds: a (untimed) a a, b (untimed) b b, then the last sample each: a (untimed) a, b (untimed) b
+    assert "".join(order) == "aaabbbaabb"
+    assert all(len(t.samples_ms) == 3 for t in timings.values())
+
+
 # ----------------------------------------------------------------------------- int8
 
 def test_quantized_tiny_model_loads_and_keeps_output_shapes(tiny, tmp_path):
