@@ -10,16 +10,19 @@ from .io_names import INPUT_NAMES, OUTPUT_NAMES
 
 def session_options(threads: int):
     """CPU session options of every onnxruntime session in the runtime: `threads` intra-op threads,
-    one inter-op thread, all graph optimizations. Idle intra-op workers keep onnxruntime's default
-    spin-waiting: bench/perf_profile.py measured the default model at 2 threads 33 ms with spinning vs
-    42 ms without on an idle machine, and 55 vs 52 ms with one core busy elsewhere, where 1 thread
-    (49 ms) beats both: on a loaded machine lower `threads` rather than turning spinning off."""
+    one inter-op thread, all graph optimizations, and intra-op workers that spin-wait during a run
+    (onnxruntime's default: 2 threads 33 ms with spinning vs 40 ms without on an idle machine) but
+    stop spinning when the run ends ("session.force_spinning_stop"). Without that, the workers keep
+    spinning after a run and the next run of ANOTHER session (kernel reuse alternates the model and
+    its mask graph, each with its own pool) competes with them for the cores: alternating the two
+    cost 56 / 49 ms per run instead of 34 / 29 ms (bench/perf_profile.py, docs/BENCHMARKS.md)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
