@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 CACHE = ROOT / ".bench_cache"
 SPINNING = "session.intra_op.allow_spinning"
+FORCE_STOP = "session.force_spinning_stop"    # workers stop spinning when a run ends
 BLOCK = 5  # timed calls per round-robin block when onnxruntime sessions are compared (see time_interleaved)
 # Files whose content determines an exported graph (besides torch's version and the export args).
 EXPORT_SOURCES = ("perception_core/model/*.py", "perception_core/config.py", "config/models/*.yaml",
@@ -154,7 +155,8 @@ def cached_onnx(preset: str, size: int, cache: Path = CACHE, overrides: Sequence
 
 
 def onnx_session(path: str | Path, threads: int = 2, level: str | None = None, inter_threads: int | None = None,
-                 parallel: bool = False, spinning: bool | None = None, profile_prefix: str | None = None):
+                 parallel: bool = False, spinning: bool | None = None, stop_spinning: bool | None = None,
+                 profile_prefix: str | None = None):
     """An onnxruntime CPU session with the runtime's options (runtime/onnx_engine.session_options),
     optionally changed: the knobs perf_profile.py sweeps."""
     import onnxruntime as ort
@@ -176,6 +178,8 @@ def onnx_session(path: str | Path, threads: int = 2, level: str | None = None, i
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     if spinning is not None:
         options.add_session_config_entry(SPINNING, "1" if spinning else "0")
+    if stop_spinning is not None:
+        options.add_session_config_entry(FORCE_STOP, "1" if stop_spinning else "0")
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

@@ -86,6 +86,19 @@ def model_gflops(model, feed: dict, kept: list[int]) -> float:
     return count_flops(torch_model, feed["images"].shape[2], prompts, tokens, kept=kept).total
 
 
+def kernel_reuse_sessions(onnx_path, feed: dict, settings: Settings) -> dict:
+    """perf_profile.alternation_check with 3 of the frame's refined queries as the reused kernels."""
+    import perf_profile
+    from perception_core.runtime.export_kernels import mask_graph_path
+    from perception_core.runtime.io_names import MASK_INPUT_NAMES
+
+    query_embed = onnx_session(onnx_path, 1).run(["query_embed"], feed)[0][:, :3]
+    mask_feed = {name: feed[name] for name in MASK_INPUT_NAMES if name != "query_embed"}
+    mask_feed["query_embed"] = np.ascontiguousarray(query_embed)
+    return perf_profile.alternation_check(onnx_path, mask_graph_path(onnx_path), feed, mask_feed, settings.threads,
+                                          settings.repeats, settings.warmup)
+
+
 def run(settings: Settings) -> Section:
     import perf_profile
     from perf_common import clip_frames
@@ -107,13 +120,15 @@ def run(settings: Settings) -> Section:
                                             settings.cache / "profiles")
     sweep = perf_profile.option_sweep(model.onnx, feed, settings.threads, settings.repeats, settings.warmup)
     contention = perf_profile.contention_check(model.onnx, feed, settings.repeats, settings.warmup)
+    alternating = kernel_reuse_sessions(model.onnx, feed, settings)
     from perception_core.config import load_model_config
 
     cfg = load_model_config(model.preset)
     layout = perf_profile.deform_layout(SIZE, cfg.hidden_dim, cfg.pixel_decoder.heads, cfg.pixel_decoder.points,
                                         settings.threads, settings.repeats, settings.warmup)
     data = {"peaks": peaks, "efficiency": efficiency, "stats": stats, "nodes": nodes, "sweep": sweep,
-            "layout": layout, "contention": contention, "kept": kept, "n": n, "trained": model.trained}
+            "layout": layout, "contention": contention, "alternation": alternating,
+            "kept": kept, "n": n, "trained": model.trained}
     return Section("efficiency", "Achieved FLOP/s, profile and fixes", render(data, settings, load), data=data)
 
 
@@ -159,6 +174,17 @@ def render(data: dict, settings: Settings, load) -> str:
               "| machine | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
               *[f"| {state} | " + " | ".join(fmt_ms(row[n]) for n in names) + " |"
                 for state, row in contention.items()]]
+    blocks = data["alternation"]["runtime, in blocks"]
+    lines += ["", "Kernel reuse runs two sessions, the model and its mask graph (backbone + pixel decoder + "
+                  "mask kernels), alternating frame by frame. Median ms per run:", "",
+              "| sessions | model | mask graph |", "|---|---|---|",
+              *[f"| {name} | {fmt_ms(row['model'])} | {fmt_ms(row['mask graph'])} |"
+                for name, row in data["alternation"].items()],
+              "", "With onnxruntime's default the workers of one session keep spinning after its run and slow the "
+                  "other session's next run; the runtime stops spinning at the end of each run "
+                  "(runtime/onnx_engine.session_options). The mask graph costs "
+              f"{blocks['mask graph'] / blocks['model']:.0%} of the model: the bound on what kernel reuse can save "
+              "for this model."]
     layout = data["layout"]
     (old_name, old_ms), (new_name, new_ms) = layout["ms"].items()
     verdict = ("Worth moving into model/deform_attn.py (a re-export is needed)." if perf_profile.helps(old_ms, new_ms)

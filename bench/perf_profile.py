@@ -5,7 +5,8 @@
   by node (the heaviest single nodes with their input shapes).
 - `option_sweep`: session options timed in round-robin against the runtime's settings
   (runtime/onnx_engine.session_options): intra-op spinning, graph optimization level, parallel
-  execution mode; `contention_check`: spinning vs not vs 1 thread with one core kept busy.
+  execution mode; `contention_check`: spinning vs not vs 1 thread with one core kept busy;
+  `alternation_check`: the model and its mask graph alternating (kernel reuse) vs in blocks.
 - `deform_layout`: the deformable-attention sampling core of the pixel decoder in two layouts,
   exported alone at the model's shapes: the current one (per-level grid_sample, concat along the
   sample axis, permute, matmul with the weights) and a concat-free one (per-level weighted sum
@@ -98,7 +99,8 @@ def profile_ops(path: str | Path, feed: dict, threads: int, runs: int, folder: P
 
 
 SWEEP = {  # name -> onnx_session keyword arguments on top of the runtime's options (threads added by the caller)
-    "runtime (ALL, inter 1, sequential, spinning)": {},
+    "runtime (ALL, inter 1, sequential, spin in runs, stop after)": {},
+    "keep spinning after runs (onnxruntime default)": {"stop_spinning": False},
     "no intra-op spinning": {"spinning": False},
     "optimization EXTENDED": {"level": "extended"},
     "optimization BASIC": {"level": "basic"},
@@ -132,6 +134,22 @@ def contention_check(path: str | Path, feed: dict, repeats: int, warmup: int) ->
     finally:
         burner.terminate()
         burner.wait(timeout=10)
+    return result
+
+
+def alternation_check(model_path: str | Path, mask_path: str | Path, feed: dict, mask_feed: dict, threads: int,
+                      repeats: int, warmup: int) -> dict[str, dict[str, float]]:
+    """The model and its kernel-reuse mask graph, each its own session, as kernel reuse runs them
+    (alternating call by call) and each in blocks: median ms per graph, with the runtime's options,
+    with onnxruntime's default (workers keep spinning after a run) and without spinning."""
+    variants = {"runtime": {}, "keep spinning after runs": {"stop_spinning": False}, "no spinning": {"spinning": False}}
+    result = {}
+    for label, kwargs in variants.items():
+        full, mask = onnx_session(model_path, threads, **kwargs), onnx_session(mask_path, threads, **kwargs)
+        calls = {"model": lambda: full.run(None, feed), "mask graph": lambda: mask.run(None, mask_feed)}
+        for mode, block in (("alternating", 1), ("in blocks", BLOCK)):
+            timings = time_interleaved(calls, repeats, warmup, block)
+            result[f"{label}, {mode}"] = {name: t.median for name, t in timings.items()}
     return result
 
 

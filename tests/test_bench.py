@@ -217,6 +217,8 @@ def test_bench_sessions_start_from_the_runtime_options(tiny):
     assert options.intra_op_num_threads == runtime.intra_op_num_threads == 2
     assert options.inter_op_num_threads == runtime.inter_op_num_threads == 1
     assert options.graph_optimization_level == runtime.graph_optimization_level
-    changed = onnx_session(tiny, threads=2, spinning=False, level="basic").get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"   # the kept fix
+    changed = onnx_session(tiny, threads=2, spinning=False, stop_spinning=False, level="basic").get_session_options()
     assert changed.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert changed.get_session_config_entry("session.force_spinning_stop") == "0"
     assert changed.intra_op_num_threads == 2 and changed.graph_optimization_level != runtime.graph_optimization_level
