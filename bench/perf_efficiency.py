@@ -187,8 +187,9 @@ def render(data: dict, settings: Settings, load) -> str:
               "for this model."]
     layout = data["layout"]
     (old_name, old_ms), (new_name, new_ms) = layout["ms"].items()
-    verdict = ("Worth moving into model/deform_attn.py (a re-export is needed)." if perf_profile.helps(old_ms, new_ms)
-               else "Not worth a model change.")
+    verdict = ("model/deform_attn.deform_sample uses the concat-free layout." if perf_profile.helps(old_ms, new_ms)
+               else "The concat-free layout, which model/deform_attn.deform_sample uses, is not measurably faster "
+                    "in this run.")
     lines += ["", f"Deformable-attention sampling layout, pixel decoder cross-attention alone ({layout['shape']}), "
                   f"onnxruntime {threads} threads: {old_name} {old_ms:.2f} ms vs {new_name} {new_ms:.2f} ms "
                   f"({old_ms / new_ms:.2f}x; outputs agree to {layout['max_abs_difference']:.1e}). "

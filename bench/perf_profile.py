@@ -8,9 +8,10 @@
   execution mode; `contention_check`: spinning vs not vs 1 thread with one core kept busy;
   `alternation_check`: the model and its mask graph alternating (kernel reuse) vs in blocks.
 - `deform_layout`: the deformable-attention sampling core of the pixel decoder in two layouts,
-  exported alone at the model's shapes: the current one (per-level grid_sample, concat along the
-  sample axis, permute, matmul with the weights) and a concat-free one (per-level weighted sum
-  directly in grid_sample's (B*heads, C_h, Q, P) layout). Same result, different memory traffic.
+  exported alone at the model's shapes: the one the model used before (per-level grid_sample,
+  concat along the sample axis, permute, matmul with the weights) and the concat-free one that
+  model/deform_attn.deform_sample now uses (per-level weighted sum directly in grid_sample's
+  (B*heads, C_h, Q, P) layout). Same result, different memory traffic.
 """
 from __future__ import annotations
 
@@ -165,7 +166,7 @@ def _layouts():
     import torch.nn.functional as F
 
     class Current(torch.nn.Module):
-        """deform_attn.ms_deform_attn_core's sampling and weighting (concat + permute + matmul).
+        """The model's sampling and weighting before deform_attn.deform_sample (concat + permute + matmul).
         Inputs: L values (BH, C, H_l, W_l), L grids (BH, Q, P, 2) in [-1, 1], weights (BH, Q, L*P, 1)."""
 
         def forward(self, *tensors):
@@ -215,8 +216,8 @@ def deform_layout(size: int, dim: int, heads: int, points: int, threads: int, re
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        for label, module in (("current (concat + permute + matmul)", current),
-                              ("concat-free weighted sum", concat_free)):
+        for label, module in (("concat + permute + matmul (before)", current),
+                              ("concat-free weighted sum (the model's)", concat_free)):
             path = Path(tmp) / f"{len(sessions)}.onnx"
             torch.onnx.export(module, inputs, str(path), dynamo=True, opset_version=18, input_names=names,
                               output_names=["out"], verbose=False)

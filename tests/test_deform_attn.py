@@ -1,4 +1,5 @@
 """Multi-scale deformable attention: grid_sample path vs a naive loop, in float64."""
+import pytest
 import torch
 
 from perception_core.model.deform_attn import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_naive
@@ -45,3 +46,43 @@ def test_module_gradients_and_box_references():
         out.sum().backward()
     assert value.grad is not None and value.grad.abs().sum() > 0
     assert attn.sampling_offsets.weight.grad.abs().sum() > 0
+
+
+def _reference_module(attn: MSDeformAttn, query, reference_points, value, shapes):
+    """Deformable-DETR's formulation of the module, read with the naive sampler: locations in [0, 1]
+    (offsets divided by the level size, or scaled by half the box), weights softmaxed over L*P."""
+    batch, queries, _ = query.shape
+    heads, levels, points = attn.heads, attn.levels, attn.points
+    value = attn.value_proj(value).view(batch, -1, heads, attn.dim // heads)
+    offsets = attn.sampling_offsets(query).view(batch, queries, heads, levels, points, 2)
+    weights = attn.attention_weights(query).view(batch, queries, heads, levels * points).softmax(-1)
+    weights = weights.view(batch, queries, heads, levels, points)
+    if reference_points.shape[-1] == 2:
+        normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype)
+        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+    else:
+        locations = (reference_points[:, :, None, :, None, :2]
+                     + offsets / points * reference_points[:, :, None, :, None, 2:] * 0.5)
+    return attn.output_proj(ms_deform_attn_naive(value, shapes, locations, weights))
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_module_matches_deformable_detr_formulation_float64(levels):
+    """The export layout (per-head batched matmuls, the 2/size scale folded into the offset weights,
+    channels-first values) computes exactly Deformable-DETR's module, for point and box references
+    and for token or channels-first values."""
+    torch.manual_seed(0)
+    shapes = [(5, 6), (3, 3), (2, 1)][:levels]
+    attn = MSDeformAttn(dim=16, levels=levels, heads=4, points=3).double()
+    for parameter in attn.parameters():   # far from the init, so offsets and weights really vary
+        torch.nn.init.normal_(parameter, std=0.5)
+    value = torch.randn(2, sum(h * w for h, w in shapes), 16, dtype=torch.float64)
+    query = torch.randn(2, 4, 16, dtype=torch.float64)
+    for ref in (torch.rand(2, 4, levels, 2, dtype=torch.float64),
+                torch.rand(2, 4, levels, 4, dtype=torch.float64) * 0.6 + 0.2):
+        with torch.no_grad():
+            expected = _reference_module(attn, query, ref, value, shapes)
+            tokens = attn(query, ref, value, shapes)
+            channels_first = attn(query, ref, value.transpose(1, 2), shapes, channels_first=True)
+        torch.testing.assert_close(tokens, expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(channels_first, expected, rtol=1e-10, atol=1e-10)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from .box_ops import inverse_sigmoid
 from .deform_attn import MSDeformAttn
 from .layers import FFN, MLP, MultiHeadAttention, box_position_embedding
+from .pixel_decoder_common import MaskFeatures
 from .pruning import query_confidence, select_kept, thresholds
 from .query_selection import ScaledCosineClassifier
 
@@ -45,11 +46,11 @@ class DecoderLayer(nn.Module):
 
     def forward(self, tgt: Tensor, query_pos: Tensor, ref_boxes: Tensor, memory: Tensor,
                 shapes: list[tuple[int, int]], attn_mask: Tensor | None) -> Tensor:
-        """tgt, query_pos: (B, N, C); ref_boxes: (B, N, 4) cxcywh; memory: (B, S, C)."""
+        """tgt, query_pos: (B, N, C); ref_boxes: (B, N, 4) cxcywh; memory: (B, C, S) channels first."""
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.self_attn(q, q, tgt, attn_mask=attn_mask))
         ref = ref_boxes[:, :, None, :].expand(-1, -1, len(shapes), -1)            # (B, N, L, 4)
-        tgt = self.norm2(tgt + self.cross_attn(tgt + query_pos, ref, memory, shapes))
+        tgt = self.norm2(tgt + self.cross_attn(tgt + query_pos, ref, memory, shapes, channels_first=True))
         return self.norm3(tgt + self.ffn(tgt))
 
 
@@ -68,18 +69,23 @@ class TransformerDecoder(nn.Module):
         self.mask_embed = MLP(dim, dim, dim, 3)
         self.classifier = classifier
 
-    def predict(self, tgt: Tensor, prompts: Tensor, mask_features: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Class logits (B, N, P) and, if mask_features (B, C, H, W) is given, mask logits (B, N, H, W)."""
+    def predict(self, tgt: Tensor, prompts: Tensor, mask_features: Tensor | MaskFeatures | None
+                ) -> tuple[Tensor, Tensor | None]:
+        """Class logits (B, N, P) and, if mask_features M is given (dense (B, C, H, W), or factored),
+        mask logits (B, N, H, W)."""
         normed = self.norm(tgt)
         logits = self.classifier(normed, prompts)
         if mask_features is None:
             return logits, None
+        kernels = self.mask_embed(normed)
+        if isinstance(mask_features, MaskFeatures):
+            return logits, mask_features.read(kernels)
         batch, dim, height, width = mask_features.shape
         # (B, N, C) @ (B, C, H*W) -> (B, N, H*W) -> (B, N, H, W)
-        masks = torch.matmul(self.mask_embed(normed), mask_features.flatten(2))
+        masks = torch.matmul(kernels, mask_features.flatten(2))
         return logits, masks.view(batch, -1, height, width)
 
-    def forward(self, queries: Tensor, boxes: Tensor, memory: list[Tensor], mask_features: Tensor,
+    def forward(self, queries: Tensor, boxes: Tensor, memory: list[Tensor], mask_features: Tensor | MaskFeatures,
                 prompts: Tensor, attn_mask: Tensor | None = None, prune: PruneSettings | None = None,
                 all_layer_masks: bool = True) -> dict:
         """
@@ -89,9 +95,11 @@ class TransformerDecoder(nn.Module):
         the final `hidden` (B, N', C), `kept_indices` (N',) into the initial queries and
         `kept_per_layer` (L,) int64 (queries entering each layer).
         """
+        if all_layer_masks and isinstance(mask_features, MaskFeatures):
+            mask_features = mask_features.dense()   # read by every layer: form M once
         shapes = [(int(m.shape[-2]), int(m.shape[-1])) for m in memory]
-        flat = torch.cat([m.flatten(2).transpose(1, 2) for m in memory], dim=1)
-        flat = flat + self._level_embedding(shapes)
+        flat = torch.cat([m.flatten(2) for m in memory], dim=2)                    # (B, C, S)
+        flat = flat + self._level_embedding(shapes).transpose(0, 1)
         tgt, ref = queries, boxes
         kept = torch.arange(queries.shape[1], device=queries.device)
         out = {"logits": [], "boxes": [], "masks": [], "kept_per_layer": []}

@@ -1,9 +1,14 @@
 """Multi-scale deformable attention (Deformable-DETR, Zhu et al. 2021) in pure PyTorch.
 
-`ms_deform_attn_core` is the reference implementation and the ONNX export path: bilinear sampling
-with `grid_sample` followed by an attention-weighted sum written as a batched matmul (so FLOP
-counters see it and onnxruntime runs it as one MatMul). `ms_deform_attn_naive` is a slow, loop-based
-implementation used only by the float64 parity test.
+`deform_sample` is the export path, laid out for onnxruntime's CPU kernels: values stay channels-first
+(B*heads, C_h, H_l, W_l) so each level is a free reshape of the projected (B, C, S) values; the
+per-head sampling offsets and attention weights come from one batched matmul each, already in
+(B, heads, Q, ...) order; and the attention-weighted sum is taken level by level in grid_sample's own
+(B*heads, C_h, Q, P) layout (multiply, sum over P), so no (B*heads, Q, C_h, L*P) tensor is ever
+concatenated or permuted (bench/perf_profile.deform_layout measured that concat + permute at a
+quarter of the sampling time). `ms_deform_attn_core` keeps Deformable-DETR's reference contract
+(values (B, S, heads, C_h), locations in [0, 1]) on top of it; `ms_deform_attn_naive` is a slow,
+loop-based implementation used only by the float64 parity test.
 
 Coordinates: reference points and sampling locations are normalized to [0, 1] in (x, y) order over
 the *valid* extent of each level; (0, 0) is the top-left corner of the top-left pixel.
@@ -17,9 +22,36 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def deform_sample(value: Tensor, spatial_shapes: list[tuple[int, int]], grids: Tensor, weights: Tensor) -> Tensor:
+    """Bilinear samples of every level, weighted and summed.
+
+    Args:
+        value: (B, heads * C_h, S) values of all levels, channels first, S = sum(H_l * W_l).
+        spatial_shapes: [(H_l, W_l)] per level, python ints (static for export).
+        grids: (B, heads, Q, L, P, 2) sampling locations in grid_sample's [-1, 1] (x, y).
+        weights: (B, heads, Q, L * P) attention weights (softmax over L * P).
+    Returns:
+        (B, heads * C_h, Q)
+    """
+    batch, heads, queries, levels, points, _ = grids.shape
+    head_dim = value.shape[1] // heads
+    value_levels = value.split([h * w for h, w in spatial_shapes], dim=2)
+    grids = grids.reshape(batch * heads, queries, levels, points, 2)
+    weights = weights.reshape(batch * heads, 1, queries, levels, points)
+    total = None
+    for level, (height, width) in enumerate(spatial_shapes):
+        # (B, heads * C_h, H*W) -> (B*heads, C_h, H, W): a view, heads are whole channel blocks
+        value_l = value_levels[level].reshape(batch * heads, head_dim, height, width)
+        sampled = F.grid_sample(value_l, grids[:, :, level], mode="bilinear", padding_mode="zeros",
+                                align_corners=False)                          # (B*heads, C_h, Q, P)
+        part = (sampled * weights[:, :, :, level]).sum(-1)                    # (B*heads, C_h, Q)
+        total = part if total is None else total + part
+    return total.reshape(batch, heads * head_dim, queries)
+
+
 def ms_deform_attn_core(value: Tensor, spatial_shapes: list[tuple[int, int]],
                         sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
-    """Deformable attention over several feature levels.
+    """Deformable-DETR's reference contract on top of `deform_sample`.
 
     Args:
         value: (B, S, heads, C_h) values of all levels flattened and concatenated, S = sum(H_l*W_l).
@@ -31,25 +63,10 @@ def ms_deform_attn_core(value: Tensor, spatial_shapes: list[tuple[int, int]],
     """
     batch, _, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    sizes = [h * w for h, w in spatial_shapes]
-    value_levels = value.split(sizes, dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
-    sampled = []
-    for level, (height, width) in enumerate(spatial_shapes):
-        # (B, H*W, heads, C_h) -> (B*heads, C_h, H, W)
-        value_l = value_levels[level].flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, height, width)
-        # (B, Q, heads, P, 2) -> (B*heads, Q, P, 2)
-        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        # -> (B*heads, C_h, Q, P)
-        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))
-    # (B*heads, C_h, Q, L*P) -> (B*heads, Q, C_h, L*P)
-    stacked = torch.cat(sampled, dim=-1).permute(0, 2, 1, 3)
-    # (B, Q, heads, L, P) -> (B*heads, Q, L*P, 1)
-    weights = attention_weights.transpose(1, 2).reshape(batch * heads, queries, levels * points, 1)
-    output = torch.matmul(stacked, weights)  # (B*heads, Q, C_h, 1)
-    # (B*heads, Q, C_h) -> (B, Q, heads*C_h)
-    return output.reshape(batch, heads, queries, head_dim).transpose(1, 2).reshape(batch, queries, heads * head_dim)
+    grids = (2 * sampling_locations - 1).transpose(1, 2)
+    weights = attention_weights.transpose(1, 2).reshape(batch, heads, queries, levels * points)
+    out = deform_sample(value.flatten(2).transpose(1, 2), spatial_shapes, grids, weights)
+    return out.transpose(1, 2)
 
 
 def ms_deform_attn_naive(value: Tensor, spatial_shapes: list[tuple[int, int]],
@@ -82,6 +99,21 @@ def _bilinear(feature: Tensor, x: float, y: float) -> Tensor:
             if 0 <= yi < height and 0 <= xi < width:
                 result = result + wy * wx * feature[yi, xi]
     return result
+
+
+def _per_head(query: Tensor, linear: nn.Linear, heads: int, scale: Tensor | None = None,
+              shift: Tensor | None = None) -> Tensor:
+    """`linear(query)` split into heads, as one batched matmul: (B, Q, C) -> (B, heads, Q, K / heads).
+    `scale` (K,) multiplies the output columns, folded into the weights; `shift` (B, 1, Q, K / heads)
+    is added to the bias first (with constant reference points the export folds both into constants,
+    leaving one matmul and one same-shape add)."""
+    weight, bias = linear.weight, linear.bias
+    if scale is not None:
+        weight, bias = weight * scale[:, None], bias * scale
+    per_head = weight.shape[0] // heads
+    weight = weight.reshape(heads, per_head, weight.shape[1]).transpose(1, 2)        # (heads, C, K/heads)
+    bias = bias.reshape(heads, 1, per_head)
+    return torch.matmul(query[:, None], weight) + (bias if shift is None else bias + shift)
 
 
 class MSDeformAttn(nn.Module):
@@ -119,32 +151,45 @@ class MSDeformAttn(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
+    def project_values(self, value: Tensor, channels_first: bool = False) -> Tensor:
+        """value_proj of (B, S, dim) tokens, or of (B, dim, S) channels-first maps (a 1x1 convolution
+        written as a matmul, so no transpose is needed): (B, dim, S) either way."""
+        if channels_first:
+            return torch.matmul(self.value_proj.weight, value) + self.value_proj.bias[:, None]
+        return self.value_proj(value).transpose(1, 2)
+
     def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
-                spatial_shapes: list[tuple[int, int]]) -> Tensor:
+                spatial_shapes: list[tuple[int, int]], channels_first: bool = False) -> Tensor:
         """
         Args:
             query: (B, Q, dim) with position embedding already added.
             reference_points: (B, Q, L, 2) points in [0, 1] xy, or (B, Q, L, 4) boxes cxcywh in [0, 1]
                 (offsets are then scaled by half the box size, as in Deformable-DETR's 2-stage mode).
-            value: (B, S, dim) flattened features of all levels, S = sum(H_l * W_l).
+            value: (B, S, dim) flattened features of all levels, S = sum(H_l * W_l); with
+                `channels_first`, (B, dim, S) (the levels' (B, dim, H_l, W_l) maps flattened).
             spatial_shapes: [(H_l, W_l)] python ints.
         Returns:
             (B, Q, dim)
         """
         batch, queries, _ = query.shape
-        head_dim = self.dim // self.heads
-        value = self.value_proj(value).view(batch, -1, self.heads, head_dim)
-        offsets = self.sampling_offsets(query).view(batch, queries, self.heads, self.levels, self.points, 2)
-        weights = self.attention_weights(query).view(batch, queries, self.heads, self.levels * self.points)
-        weights = weights.softmax(-1).view(batch, queries, self.heads, self.levels, self.points)
+        heads, levels, points = self.heads, self.levels, self.points
+        value = self.project_values(value, channels_first)
         if reference_points.shape[-1] == 2:
-            normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
-            # (B, Q, L, 2) -> (B, Q, 1, L, 1, 2)
-            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            # grid = 2 * (reference + offset / (W_l, H_l)) - 1: the 2 / size factor goes into the weights
+            scale = torch.tensor([[2.0 / w, 2.0 / h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+            scale = scale[None, :, None, :].expand(heads, levels, points, 2).reshape(-1)
+            base = (2 * reference_points - 1)[:, None, :, :, None]                  # (B, 1, Q, L, 1, 2)
+            base = base.expand(-1, -1, -1, -1, points, -1).reshape(base.shape[0], 1, queries, -1)
+            grids = _per_head(query, self.sampling_offsets, heads, scale, base)
+            grids = grids.view(batch, heads, queries, levels, points, 2)
         elif reference_points.shape[-1] == 4:
-            centers = reference_points[:, :, None, :, None, :2]
-            half_sizes = reference_points[:, :, None, :, None, 2:] * 0.5
-            locations = centers + offsets / self.points * half_sizes
+            # grid = 2 * (centre + offset / P * half size) - 1
+            offsets = _per_head(query, self.sampling_offsets, heads).view(batch, heads, queries, levels, points, 2)
+            base = (2 * reference_points[..., :2] - 1)[:, None, :, :, None]          # (B, 1, Q, L, 1, 2)
+            sizes = (reference_points[..., 2:] / points)[:, None, :, :, None]
+            grids = base + offsets * sizes
         else:
             raise ValueError(f"reference_points last dim must be 2 or 4, got {reference_points.shape[-1]}")
-        return self.output_proj(ms_deform_attn_core(value, spatial_shapes, locations, weights))
+        weights = _per_head(query, self.attention_weights, heads).softmax(-1)   # (B, heads, Q, L*P)
+        out = deform_sample(value, spatial_shapes, grids, weights)              # (B, dim, Q)
+        return self.output_proj(out.transpose(1, 2))

@@ -16,9 +16,11 @@ How grid_sample (deformable attention sampling) is counted
     sum of `taps` input values (bilinear: the 4 neighbours, 4 MACs = 8 FLOPs; nearest: 0, a pure
     gather; bicubic: 16 taps = 32 FLOPs). The interpolation weights themselves (computed once per
     sampling location and shared by all C channels) are not counted.
-    In `deform_attn.ms_deform_attn_core` each level l samples (B*heads, C/heads, Q, P) values, so one
+    In `deform_attn.deform_sample` each level l samples (B*heads, C/heads, Q, P) values, so one
     MSDeformAttn call costs 8 * B * Q * C * L * P FLOPs in grid_sample. Its attention-weighted sum
-    over the L*P samples is a matmul, which FlopCounterMode counts as another 2 * B * Q * C * L * P.
+    over the L*P samples (one multiply-add per sampled value, 2 * B * Q * C * L * P) is taken as a
+    multiply and a sum in grid_sample's layout, which FlopCounterMode does not see; grid_sample is
+    used only there, so its count includes those 2 FLOPs: 10 per sampled value in all.
 
 Components (forward hooks on the named submodules of `Mobius`, batch 1, square SIZE x SIZE input)
     vision_encoder   `model.backbone`.
@@ -57,12 +59,15 @@ from .pixel_decoder_common import TextFusion
 GIGA = 1e9
 # grid_sampler_2d interpolation_mode -> input values summed per output value
 _GRID_SAMPLE_TAPS = {0: 4, 1: 0, 2: 16}  # bilinear, nearest, bicubic
+_WEIGHTED_SUM_MACS = 1  # deformable attention's weighted sum, one multiply-add per sampled value
 
 
 def grid_sample_flop(input_shape, grid_shape, interpolation_mode=0, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of aten.grid_sampler_2d: input (N, C, H, W), grid (N, H_out, W_out, 2)."""
+    """FLOPs of aten.grid_sampler_2d: input (N, C, H, W), grid (N, H_out, W_out, 2): the taps of every
+    output value plus the attention-weighted sum it feeds (see the module docstring)."""
     batch, channels = input_shape[0], input_shape[1]
-    return 2 * _GRID_SAMPLE_TAPS[int(interpolation_mode)] * batch * channels * grid_shape[1] * grid_shape[2]
+    taps = _GRID_SAMPLE_TAPS[int(interpolation_mode)]
+    return 2 * (taps + _WEIGHTED_SUM_MACS) * batch * channels * grid_shape[1] * grid_shape[2]
 
 
 GRID_SAMPLE_MAPPING = {torch.ops.aten.grid_sampler_2d: grid_sample_flop}

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .deform_attn import MSDeformAttn
 from .layers import FFN, TokenGroupNorm, level_position_embeddings, reference_grid, sine_position_embedding
+from .neck import NormedProjection
 from .pixel_decoder_common import MaskFeatureHead, PixelDecoderOutput, TextContext, TextFusion, token_anchors
 
 _STRIDE_TO_LEVEL = {8: 0, 16: 1, 32: 2}  # index into [S3, S4, S5, S6]
@@ -41,7 +42,7 @@ class BottleneckBlock(nn.Module):
                 levels: Tensor, level_shapes: list[tuple[int, int]], ref_points: Tensor) -> tuple[Tensor, TextContext]:
         """
         bottleneck: (B, N, C) tokens of B; pos: (N, C); text.tokens: (B, T, C);
-        levels: (B, S, C) flattened {S3..S6}; ref_points: (N, 2) xy in [0, 1].
+        levels: (B, C, S) flattened {S3..S6}, channels first; ref_points: (N, 2) xy in [0, 1].
         Returns the enhanced bottleneck (B, N, C) and the text context after fusion.
         """
         if self.fusion is not None:
@@ -51,7 +52,7 @@ class BottleneckBlock(nn.Module):
         attended = self.self_attn(bottleneck + pos, ref, bottleneck, [bottleneck_shape])
         bottleneck = self.norm_self(bottleneck + attended)                          # Eq. 1c
         ref_levels = ref_points[None, :, None, :].expand(batch, -1, len(level_shapes), -1)  # (B, N, 4, 2)
-        attended = self.cross_attn(bottleneck + pos, ref_levels, levels, level_shapes)
+        attended = self.cross_attn(bottleneck + pos, ref_levels, levels, level_shapes, channels_first=True)
         bottleneck = self.norm_cross(bottleneck + attended)                         # Eq. 1d
         bottleneck = self.norm_ffn(bottleneck + self.ffn(bottleneck))               # Eq. 1e
         return bottleneck, text
@@ -75,14 +76,14 @@ class BottleneckPixelDecoder(nn.Module):
                                                     update_text=i < num_blocks - 1) for i in range(num_blocks))
         self.mask_head = MaskFeatureHead(dim, upsample=bottleneck_stride // 4)
 
-    def forward(self, s2: Tensor, pyramid: list[Tensor], text: TextContext) -> PixelDecoderOutput:
+    def forward(self, s2: Tensor | NormedProjection, pyramid: list[Tensor], text: TextContext) -> PixelDecoderOutput:
         """s2: (B,C,H/4,W/4); pyramid: [S3,S4,S5,S6] each (B,C,h,w); text tokens (B,T,C)."""
         batch, dim, height, width = pyramid[self.bottleneck_level].shape
-        levels = torch.cat([f.flatten(2).transpose(1, 2) for f in pyramid], dim=1)   # (B, S, C)
+        levels = torch.cat([f.flatten(2) for f in pyramid], dim=2)                   # (B, C, S)
         level_shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in pyramid]
         # Values carry their level embedding so the cross-attention can tell scales apart.
         levels = levels + level_position_embeddings(level_shapes, dim, self.level_embed,
-                                                    levels.device, levels.dtype)
+                                                    levels.device, levels.dtype).transpose(0, 1)
         pos = sine_position_embedding(height, width, dim, levels.device, levels.dtype)
         pos = pos + self.level_embed[self.bottleneck_level]
         ref_points = reference_grid([(height, width)], levels.device, levels.dtype)
