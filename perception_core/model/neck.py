@@ -5,9 +5,61 @@ S6 is S5 downsampled by a stride-2 convolution (MOBIUS Sec. 3.1).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import conv_norm
+
+
+class NormedProjection(NamedTuple):
+    """GroupNorm(W x) of a bias-free 1x1 convolution, kept factored (the S2 lateral map).
+
+    S2 at stride 4 is only ever read through mask kernels k: k . GN(W x) at every pixel. Per group g,
+    GN(y)_c = gamma_c (y_c - mu_g) / sigma_g + beta_c, and the group statistics of y = W x follow from
+    the mean m and covariance K of x over the pixels (mu_g = mean over c in g of w_c . m, sigma_g^2 =
+    mean over c in g of w_c^T K w_c + (w_c . m - mu_g)^2), so `read` is a (Cin)-channel dot product per
+    pixel: (sum_c k_c gamma_c / sigma_g(c) w_c) . x + const, without forming the C-channel map."""
+    inputs: Tensor          # x (B, Cin, H, W)
+    conv: nn.Conv2d         # W, 1x1 without bias (modules, so no parameter is a graph output)
+    norm: nn.GroupNorm
+
+    @property
+    def weight(self) -> Tensor:
+        return self.conv.weight[:, :, 0, 0]          # (C, Cin)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        batch, _, height, width = self.inputs.shape
+        return batch, self.weight.shape[0], height, width
+
+    def dense(self) -> Tensor:
+        """(B, C, H, W) GN(W x)."""
+        return self.norm(F.conv2d(self.inputs, self.weight[:, :, None, None]))
+
+    def read(self, kernels: Tensor) -> Tensor:
+        """(B, N, C) kernels -> (B, N, H, W) kernels . GN(W x)."""
+        batch, channels, height, width = self.shape
+        groups = self.norm.num_groups
+        x = self.inputs.flatten(2)                                                  # (B, Cin, P)
+        mean = x.mean(-1)                                                           # (B, Cin)
+        centered = x - mean[..., None]
+        covariance = torch.matmul(centered, centered.transpose(1, 2)) / x.shape[-1]  # (B, Cin, Cin)
+        y_mean = torch.matmul(mean, self.weight.t())                               # (B, C)
+        y_var = (torch.matmul(self.weight, covariance) * self.weight).sum(-1)      # (B, C)
+        group_mean = y_mean.view(batch, groups, -1).mean(-1, keepdim=True)         # (B, G, 1)
+        spread = (y_mean.view(batch, groups, -1) - group_mean) ** 2
+        group_var = (y_var.view(batch, groups, -1) + spread).mean(-1, keepdim=True)
+        inverse = torch.rsqrt(group_var + self.norm.eps)                           # (B, G, 1)
+        scale = (self.norm.weight.view(groups, -1) * inverse).view(batch, channels)  # gamma_c / sigma_g
+        shift = group_mean.expand_as(spread).reshape(batch, channels)             # mu_g per channel
+        scaled = kernels * scale[:, None, :]                                       # (B, N, C)
+        # k . beta - sum_c k_c gamma_c mu_g / sigma_g, as (B, N, 1) matmuls (onnxruntime also takes N = 0)
+        constant = torch.matmul(kernels, self.norm.bias[:, None]) - torch.matmul(scaled, shift[:, :, None])
+        pixel = torch.matmul(torch.matmul(scaled, self.weight), x)                 # (B, N, P)
+        return (pixel + constant).view(batch, -1, height, width)
 
 
 class InputProjection(nn.Module):
@@ -19,8 +71,10 @@ class InputProjection(nn.Module):
         self.s6 = conv_norm(c5, dim, kernel=3, stride=2)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """[S2..S5] backbone maps -> (S2 projected (B,C,H/4,W/4), [S3, S4, S5, S6] each (B,C,h,w))."""
+        """[S2..S5] backbone maps -> (S2 projected (B,C,H/4,W/4), factored, see `NormedProjection`;
+        [S3, S4, S5, S6] each (B,C,h,w))."""
         s2, s3, s4, s5 = features
         pyramid = [proj(f) for proj, f in zip(self.levels, (s3, s4, s5))]
         pyramid.append(self.s6(s5))
-        return self.s2(s2), pyramid
+        conv, norm = self.s2
+        return NormedProjection(s2, conv, norm), pyramid

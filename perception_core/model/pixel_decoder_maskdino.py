@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .deform_attn import MSDeformAttn
 from .layers import FFN, level_position_embeddings, reference_grid
+from .neck import NormedProjection
 from .pixel_decoder_common import MaskFeatureHead, PixelDecoderOutput, TextContext, TextFusion, token_anchors
 
 _STRIDES = [8, 16, 32, 64]
@@ -47,7 +48,7 @@ class MaskDinoPixelDecoder(nn.Module):
                                                   update_text=i < num_blocks - 1) for i in range(num_blocks))
         self.mask_head = MaskFeatureHead(dim, upsample=2)
 
-    def forward(self, s2: Tensor, pyramid: list[Tensor], text: TextContext) -> PixelDecoderOutput:
+    def forward(self, s2: Tensor | NormedProjection, pyramid: list[Tensor], text: TextContext) -> PixelDecoderOutput:
         batch, dim = pyramid[0].shape[:2]
         shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in pyramid]
         tokens = torch.cat([f.flatten(2).transpose(1, 2) for f in pyramid], dim=1)      # (B, S, C)

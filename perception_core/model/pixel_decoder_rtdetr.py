@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import FFN, MultiHeadAttention, sine_position_embedding
+from .neck import NormedProjection
 from .pixel_decoder_common import MaskFeatureHead, PixelDecoderOutput, TextContext, TextFusion, token_anchors
 
 
@@ -74,7 +75,7 @@ class RtDetrPixelDecoder(nn.Module):
         self.bottom_up = nn.ModuleList([CspRepLayer(2 * dim, dim, csp_depth), CspRepLayer(2 * dim, dim, csp_depth)])
         self.mask_head = MaskFeatureHead(dim, upsample=2)
 
-    def forward(self, s2: Tensor, pyramid: list[Tensor], text: TextContext) -> PixelDecoderOutput:
+    def forward(self, s2: Tensor | NormedProjection, pyramid: list[Tensor], text: TextContext) -> PixelDecoderOutput:
         s3, s4, s5 = pyramid[:3]  # S6 is not used by RT-DETR
         batch, dim, h5, w5 = s5.shape
         tokens = s5.flatten(2).transpose(1, 2)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..model.pixel_decoder_common import MaskFeatures
 from .io_names import MASK_INPUT_NAMES, MASK_OUTPUT_NAMES
 
 OPSET = 18
@@ -42,8 +43,8 @@ class MaskGraph(nn.Module):
         super().__init__()
         self.model = model.deploy()
 
-    def mask_features(self, images: Tensor, text_tokens: Tensor, text_mask: Tensor) -> Tensor:
-        """(B, C, S/4, S/4) mask features M of these images under these prompts."""
+    def mask_features(self, images: Tensor, text_tokens: Tensor, text_mask: Tensor) -> MaskFeatures:
+        """Mask features M (B, C, S/4, S/4), factored, of these images under these prompts."""
         pooled = torch.zeros(text_tokens.shape[0], text_tokens.shape[2], dtype=text_tokens.dtype)
         text, _ = self.model.encode_prompts(text_tokens, text_mask, pooled, images.shape[0])
         s2, pyramid = self.model.projection(self.model.backbone(images))
@@ -55,11 +56,7 @@ class MaskGraph(nn.Module):
         return decoder.mask_embed(decoder.norm(query_embed))
 
     def forward(self, images: Tensor, text_tokens: Tensor, text_mask: Tensor, query_embed: Tensor) -> Tensor:
-        features = self.mask_features(images, text_tokens, text_mask)
-        batch, dim, height, width = features.shape
-        # (B, N, C) @ (B, C, H*W) -> (B, N, H*W) -> (B, N, H, W)
-        masks = torch.matmul(self.kernels(query_embed), features.flatten(2))
-        return masks.view(batch, -1, height, width)
+        return self.mask_features(images, text_tokens, text_mask).read(self.kernels(query_embed))
 
 
 def export_mask_graph(model: nn.Module, path: str | Path, size: int = 384) -> Path:

@@ -1,0 +1,68 @@
+"""Factored mask features: masks read without forming the stride-4 maps equal the dense reads."""
+import pytest
+import torch
+from torch import nn
+
+from perception_core.model.build import build_from_name
+from perception_core.model.neck import NormedProjection
+from perception_core.model.pixel_decoder_common import MaskFeatures
+
+
+def _normed_projection(batch=2, cin=5, channels=12, groups=4, size=(7, 9), seed=0) -> NormedProjection:
+    g = torch.Generator().manual_seed(seed)
+    norm = nn.GroupNorm(groups, channels).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
+        norm.bias.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
+    # an offset and uneven scales per input channel, so the group statistics are far from trivial
+    inputs = torch.randn(batch, cin, *size, generator=g, dtype=torch.float64) * torch.linspace(0.2, 3, cin,
+                                                                                              dtype=torch.float64)[:, None, None] + 1.5
+    conv = nn.Conv2d(cin, channels, 1, bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(channels, cin, 1, 1, generator=g, dtype=torch.float64))
+    return NormedProjection(inputs, conv, norm)
+
+
+def test_normed_projection_read_equals_kernels_dot_groupnorm_float64():
+    fine = _normed_projection()
+    kernels = torch.randn(2, 6, 12, dtype=torch.float64)
+    dense = fine.dense()
+    assert dense.shape == fine.shape == (2, 12, 7, 9)
+    expected = torch.einsum("bnc,bchw->bnhw", kernels, dense)
+    torch.testing.assert_close(fine.read(kernels), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("factored_fine", [False, True])
+def test_mask_features_read_equals_dense_map_float64(factored_fine):
+    """upsample((kW) . coarse) + (kW) . fine + k . b == k . (W (upsample(coarse) + fine) + b)."""
+    g = torch.Generator().manual_seed(1)
+    fine = _normed_projection(seed=2)
+    if not factored_fine:
+        fine = fine.dense()
+    proj = nn.Conv2d(12, 12, 1).double()
+    with torch.no_grad():
+        proj.weight.copy_(torch.randn(12, 12, 1, 1, generator=g, dtype=torch.float64))
+        proj.bias.copy_(torch.randn(12, generator=g, dtype=torch.float64))
+    features = MaskFeatures(torch.randn(2, 12, 3, 4, generator=g, dtype=torch.float64), fine, proj)
+    kernels = torch.randn(2, 5, 12, dtype=torch.float64)
+    expected = torch.einsum("bnc,bchw->bnhw", kernels, features.dense())
+    assert features.dense().shape == (2, 12, 7, 9)
+    torch.testing.assert_close(features.read(kernels), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_deployed_masks_equal_training_graph_masks():
+    """The deployment graph reads masks factored; eval mode without deploy forms M densely. Same
+    queries kept (same pruning), so the last layer's masks must agree."""
+    torch.manual_seed(0)
+    model = build_from_name("mobius_nano", ["hidden_dim=64", "decoder.num_queries=20", "pruning.min_kept=5",
+                                            "decoder.ffn_dim=128", "pixel_decoder.ffn_dim=128"]).double().eval()
+    g = torch.Generator().manual_seed(3)
+    inputs = (torch.randn(1, 3, 64, 96, generator=g, dtype=torch.float64),
+              torch.randn(3, 4, 384, generator=g, dtype=torch.float64), torch.ones(3, 4, dtype=torch.bool),
+              torch.randn(3, 384, generator=g, dtype=torch.float64))
+    with torch.no_grad():
+        dense = model(*inputs)
+        factored = model.deploy()(*inputs)
+    assert "aux_outputs" in dense and "aux_outputs" not in factored
+    assert torch.equal(dense["kept_indices"], factored["kept_indices"])
+    torch.testing.assert_close(factored["pred_masks"], dense["pred_masks"], rtol=1e-9, atol=1e-9)
