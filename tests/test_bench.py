@@ -222,3 +222,14 @@ def test_bench_sessions_start_from_the_runtime_options(tiny):
     assert changed.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert changed.get_session_config_entry("session.force_spinning_stop") == "0"
     assert changed.intra_op_num_threads == 2 and changed.graph_optimization_level != runtime.graph_optimization_level
+
+
+def test_ab_onnx_output_differences():
+    import ab_onnx
+
+    first = [np.zeros((2, 3), np.float32), np.arange(4, dtype=np.int64), np.zeros((0, 5), np.float32)]
+    other = [np.full((2, 3), 0.5, np.float32), np.arange(5, dtype=np.int64), np.zeros((0, 5), np.float32)]
+    diff = ab_onnx.output_differences(first, other, ["masks", "kept", "empty"])
+    assert diff["masks"] == 0.5
+    assert diff["kept"] == "shape (4,) vs (5,)"
+    assert diff["empty"] == 0.0
