@@ -15,15 +15,14 @@ from typing import Sequence
 
 from perf_common import Section
 
-ORDER = ("flops", "latency", "pruning", "efficiency", "int8", "peers", "scaling")
+ORDER = ("flops", "latency", "runtime", "pruning", "efficiency", "int8", "peers", "scaling")
 HEADER = """# Benchmarks
 
 Written by `make bench` (`bench/run_all.py`; `--quick` for a smoke run, `--only SECTION` to redo one
 section and keep the others). The machine is shared and noisy: every timing is a median of repeats, and
 ratios are taken between contenders timed in the same run (round-robin), which is what to compare.
 Each section states its conditions (threads, load average, model, inputs) and when it was run. Goals
-come from issue 9 and are reported as met or not, as measured.
-The runtime's per-stage table (`mobius bench`) is in [bench_runtime.md](bench_runtime.md)."""
+come from issue 9 and are reported as met or not, as measured."""
 _BLOCK = re.compile(r"<!-- bench:(?P<key>[\w-]+) -->\n(?P<content>.*?)<!-- /bench:(?P=key) -->", re.S)
 
 

@@ -1,8 +1,8 @@
 """Runtime benchmark (same as `mobius bench`): FrameProcessor latency per stage and FPS at 384 px,
-onnxruntime vs torch, 1 vs 2 threads, every-frame decoding vs kernel reuse T=3. Writes
-docs/bench_runtime.md (a section of docs/BENCHMARKS.md).
+onnxruntime vs torch, 1 vs 2 threads, every-frame decoding vs kernel reuse T=3. `make bench` writes
+the same table into docs/BENCHMARKS.md (section `runtime`).
 
-    python bench/runtime_bench.py [--frames 24 --repeats 3 --out docs/bench_runtime.md]
+    python bench/runtime_bench.py [--frames 24 --repeats 3 --out runtime.md]
 """
 import sys
 from pathlib import Path

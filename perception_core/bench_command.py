@@ -4,8 +4,8 @@ Compares, in one run on one machine (so the ratios are meaningful even when abso
 with machine load): onnxruntime vs torch, 1 vs 2 inference threads, decoding every frame vs kernel
 reuse (T=3). Each configuration runs the same generated clip `--repeats` times after a warm-up;
 per-stage numbers are medians over frames, the per-clip mean frame time is taken per repeat and the
-median over repeats is reported (FPS = 1000 / that). Writes a Markdown section (default
-docs/bench_runtime.md) that docs/BENCHMARKS.md includes.
+median over repeats is reported (FPS = 1000 / that). Prints a Markdown section (`--out PATH` also
+writes it); `make bench` puts the same table into docs/BENCHMARKS.md (bench/perf_runtime.py).
 
 The shipped default model is used when present; otherwise mobius_nano with random weights is exported
 to a temporary folder, its classifier bias shifted so that about 8 queries of the first frame pass
@@ -186,10 +186,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", default="onnx,torch", help="comma-separated subset of onnx,torch")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--kernel-reuse", default="1,3", help="comma-separated T values")
-    parser.add_argument("--out", default="docs/bench_runtime.md", help="Markdown section to write ('' = none)")
+    parser.add_argument("--out", default="", help="also write the Markdown section to this file")
 
 
 def run(args: argparse.Namespace) -> int:
+    text = measure(args)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        print(f"[bench] wrote {args.out}")
+    return 0
+
+
+def measure(args: argparse.Namespace) -> str:
+    """Runs every configuration; returns the Markdown section."""
     from tqdm import tqdm
 
     from .training.synth.config import make_config
@@ -208,10 +219,4 @@ def run(args: argparse.Namespace) -> int:
             rows.append(run_config(model, frames, prompts, backend, threads, reuse, args.repeats, args.warmup, size))
             tqdm.write(f"[bench] {backend} threads={threads} T={reuse}: {rows[-1].frame_ms:.1f} ms/frame "
                        f"({rows[-1].fps:.1f} FPS)")
-        text = markdown(rows, model, frames, prompts, args.repeats, size, text_encoding_ms(prompts), load)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-        print(f"[bench] wrote {args.out}")
-    return 0
+        return markdown(rows, model, frames, prompts, args.repeats, size, text_encoding_ms(prompts), load)
