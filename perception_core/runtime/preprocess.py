@@ -8,6 +8,9 @@ import numpy as np
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+# uint8 value -> normalized float32, one table per channel: normalizing is a lookup, written straight
+# into the channels-first input (no float (H, W, 3) intermediate, no transpose).
+_TABLES = ((np.arange(256, dtype=np.float32)[None, :] - MEAN[:, None]) / STD[:, None]).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,12 @@ def preprocess(frame: np.ndarray, size: int, bgr: bool = False) -> tuple[np.ndar
         raise ValueError(f"empty frame {frame.shape}")
     box = Letterbox(height, width, size, size / max(height, width))
     rows, cols = box.valid
-    resized = cv2.resize(frame, (cols, rows), interpolation=cv2.INTER_LINEAR if box.scale < 1 else cv2.INTER_CUBIC)
-    if bgr:
-        resized = resized[..., ::-1]
-    canvas = np.zeros((size, size, 3), dtype=np.float32)
-    canvas[:rows, :cols] = (resized.astype(np.float32) - MEAN) / STD
-    # (H, W, 3) -> (1, 3, H, W)
-    return np.ascontiguousarray(canvas.transpose(2, 0, 1)[None]), box
+    if (rows, cols) == (height, width):   # already the input's size along its long side
+        resized = frame
+    else:
+        resized = cv2.resize(frame, (cols, rows), interpolation=cv2.INTER_LINEAR if box.scale < 1 else cv2.INTER_CUBIC)
+    image = np.zeros((1, 3, size, size), dtype=np.float32)   # padding is 0 after normalization
+    for channel in range(3):
+        source = resized[:, :, 2 - channel if bgr else channel]
+        np.take(_TABLES[channel], source, out=image[0, channel, :rows, :cols])
+    return image, box
