@@ -8,7 +8,10 @@ Variants (each written once per source model to .bench_cache/int8/):
             MatMul and Gemm, ranges from a MinMax calibration over generated frames with the default
             prompts (`FrameCalibrationReader`); and the same for Conv only (the image encoder and
             projections), which separates the AP cost of quantizing the convolutions from that of the
-            attention / mask / classifier matmuls.
+            attention / mask / classifier matmuls. MatMuls whose weight onnxruntime's QLinearMatMul
+            cannot take per-channel stay float (`unquantizable_matmuls`): a weight as the first
+            operand (W @ X, the deformable attention's channels-first value projections) or of rank
+            above 2 (the per-head (heads, C, K) offset and attention-weight projections).
 The float graph first goes through quant_pre_process (shape inference + optimisation) when that
 succeeds; the report says when it did not.
 AP: COCO mask/box AP with `mobius eval`'s code path (ModelRunner.from_onnx + predict_coco + score) on
@@ -81,12 +84,24 @@ def quantize_dynamic_model(source: Path, target: Path) -> Path:
     return target
 
 
+def unquantizable_matmuls(path: Path) -> list[str]:
+    """Names of the MatMul nodes with a weight (initializer) as first operand or of rank above 2:
+    per-channel QLinearMatMul supports neither."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ranks = {tensor.name: len(tensor.dims) for tensor in graph.initializer}
+    return [node.name for node in graph.node if node.op_type == "MatMul"
+            and (node.input[0] in ranks or ranks.get(node.input[1], 2) > 2)]
+
+
 def quantize_static_model(source: Path, target: Path, reader, ops: Sequence[str] = QUANT_OPS) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not target.is_file():
         quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(ops), per_channel=True,
+                        nodes_to_exclude=unquantizable_matmuls(source),
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
     return target

@@ -166,12 +166,15 @@ def render(data: dict, settings: Settings, frames: int, load) -> str:
               + f": everything but inference is {1 - stage['inference'] / e2e[1]['median_ms']:.0%} of the frame.",
               "", "Goals:",
               f"- end-to-end FPS with tracking (T=1) >= 30: {e2e[1]['fps']:.1f} FPS, {goal(e2e[1]['fps'] >= 30)}",
-              f"- p99 <= 2 x median (T=1): {p99_ratio:.2f}x, {goal(p99_ratio <= 2.0)}",
-              f"- kernel reuse T=3 speed-up >= 1.5x: {speedup:.2f}x, {goal(speedup >= 1.5)}", ""]
-    if data.get("end_to_end_low") is not None:
+              f"- p99 <= 2 x median (T=1): {p99_ratio:.2f}x, {goal(p99_ratio <= 2.0)}"]
+    if data.get("end_to_end_low") is None:
+        lines += [f"- kernel reuse T=3 speed-up >= 1.5x: {speedup:.2f}x, {goal(speedup >= 1.5)}", ""]
+    else:  # nothing detected: the speed-up above is not a measurement of kernel reuse
+        lines += [f"- kernel reuse T=3 speed-up >= 1.5x: judged on tracked objects below ({speedup:.2f}x on "
+                  f"empty frames is only an upper bound)", ""]
         low = data["end_to_end_low"]
         low_speedup = low[1]["frame_ms"] / low[3]["frame_ms"]
-        lines += [f"Caveat: the model reported {e2e[1]['instances']:.1f} instances per frame on this clip at the "
+        lines += [f"The model reported {e2e[1]['instances']:.1f} instances per frame on this clip at the "
                   f"runtime's score threshold, so frames between keyframes had no kernels to apply and skipped "
                   f"inference: the T=3 speed-up above is an upper bound. Re-run with score_threshold = keep_score = "
                   f"{data['low_threshold']:.3f} (the score of the k-th best query on one frame, k = objects in the "

@@ -233,3 +233,20 @@ def test_ab_onnx_output_differences():
     assert diff["masks"] == 0.5
     assert diff["kept"] == "shape (4,) vs (5,)"
     assert diff["empty"] == 0.0
+
+
+def test_int8_static_skips_matmuls_without_per_channel_support(tmp_path):
+    """W @ X and rank-3 weights are found; an activation times a 2-D weight is not."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [1.0, 0.0, 0.0, 1.0])
+    per_head = helper.make_tensor("h", TensorProto.FLOAT, [3, 2, 2], [0.5] * 12)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["w", "x"], ["a"], name="weight_first"),
+         helper.make_node("MatMul", ["a", "w"], ["b"], name="weight_second"),
+         helper.make_node("MatMul", ["b", "h"], ["c"], name="per_head")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [3, 2, 2])], [weight, per_head])
+    onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
+    assert perf_int8.unquantizable_matmuls(tmp_path / "m.onnx") == ["weight_first", "per_head"]
