@@ -163,6 +163,20 @@ def test_decoder_cost_matches_flop_counter():
     assert torch.is_tensor(next(model.parameters()))
 
 
+def test_decoder_cost_matches_flop_counter_at_deployment_size():
+    """At 384 px the factored mask read (not q . M on a dense stride-4 map) is a large part of the
+    decoder: the analytic count must follow the deployment graph's."""
+    from perception_core.model.build import build_from_name
+    from perception_core.model.flops import count_flops
+    from perception_core.runtime.decoder_cost import DecoderShape, decoder_gflops
+
+    model = build_from_name("mobius_nano")
+    kept = (100, 21, 20, 20)
+    report = count_flops(model, 384, num_prompts=5, tokens=4, kept=kept)
+    estimate = decoder_gflops(DecoderShape.from_config(model.config, 384), kept, prompts=5)
+    assert estimate == pytest.approx(report.decoder_pruned - report.query_selection, rel=0.002)
+
+
 def test_confirmed_tracks_are_carried_as_queries_and_keep_their_ids(clip):
     # random weights give many heavily overlapping masks, which duplicate suppression would merge:
     # switched off here, this test is about carrying queries

@@ -193,6 +193,12 @@ def _build_block(spec: BlockSpec, in_channels: int, out_channels: int) -> nn.Mod
     raise ValueError(f"unknown block kind {spec.kind!r}; expected 'conv', 'fused_ib' or 'uib'")
 
 
+def stage_channels(variant: str, width_multiplier: float = 1.0) -> tuple[int, int, int, int]:
+    """Output channels of S2..S5 for a variant and width, without building the network."""
+    spec = _SPECS[variant]
+    return tuple(make_divisible(stage[-1].out_channels * width_multiplier) for stage in spec.stages)
+
+
 class MobileNetV4(nn.Module):
     """MobileNetV4 conv backbone returning [S2, S3, S4, S5] at strides (4, 8, 16, 32).
 

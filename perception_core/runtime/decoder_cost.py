@@ -3,7 +3,8 @@
 Counts what `model/flops.py` counts (matmuls, linear layers, grid_sample taps; 2 FLOPs per MAC) for
 the deployment graph: per layer the query MLP of the position embedding, self-attention, deformable
 cross-attention (value projection of the memory, offsets, weights, sampling, output projection),
-FFN, box refinement and class logits; masks (mask embedding MLP and q . M) after the last layer.
+FFN, box refinement and class logits; masks after the last layer: the mask embedding MLP and the
+factored read of q . M (pixel_decoder_common.MaskFeatures.read, neck.NormedProjection.read).
 Query selection is not included. Accuracy against FlopCounterMode is tested in tests/test_processor.py.
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ class DecoderShape:
     levels: int           # memory levels the decoder attends to (1 for MOBIUS)
     memory_tokens: int    # S: tokens of the memory (bottleneck at stride 16: (size/16)^2)
     mask_pixels: int      # (size/4)^2
+    coarse_pixels: int = 0   # pixels of the map upsampled into M (the bottleneck B^)
+    fine_channels: int = 0   # channels of the backbone's stride-4 map x (S2 = GroupNorm(W x))
 
     @staticmethod
     def from_config(cfg, size: int) -> "DecoderShape":
@@ -31,7 +34,12 @@ class DecoderShape:
         levels = 1 if not cfg.decoder.multi_scale else (3 if cfg.pixel_decoder.type == "rtdetr" else 4)
         tokens = sum((size // s) ** 2 for s in ((8, 16, 32, 64)[:levels] if levels > 1 else (stride,)))
         dec = cfg.decoder
-        return DecoderShape(cfg.hidden_dim, dec.ffn_dim, dec.heads, dec.points, levels, tokens, (size // 4) ** 2)
+        coarse = {"bottleneck": stride, "maskdino": 8, "rtdetr": 8}.get(cfg.pixel_decoder.type, stride)
+        from ..model.backbone import stage_channels
+
+        fine = stage_channels(cfg.backbone.variant, cfg.backbone.width_multiplier)[0]
+        return DecoderShape(cfg.hidden_dim, dec.ffn_dim, dec.heads, dec.points, levels, tokens, (size // 4) ** 2,
+                            (size // coarse) ** 2, fine)
 
 
 def layer_flops(shape: DecoderShape, queries: int, prompts: int) -> float:
@@ -51,8 +59,14 @@ def layer_flops(shape: DecoderShape, queries: int, prompts: int) -> float:
 
 
 def mask_flops(shape: DecoderShape, queries: int) -> float:
-    """Mask embedding MLP(C, C, C) and q . M on `queries` queries."""
-    return 2.0 * queries * (3 * shape.dim * shape.dim + shape.dim * shape.mask_pixels)
+    """Mask embedding MLP(C, C, C) and the factored read of q . M on `queries` queries: k W (C x C),
+    k' . B^ at the coarse scale, k' . GroupNorm(W_2 x) through x's statistics (x: Cin channels at
+    stride 4): the Cin x Cin covariance, the C group statistics, (k' gamma / sigma) W_2 and a Cin-channel
+    dot product per pixel. Upsampling the per-query coarse logits is a resize (not counted)."""
+    c, cin, pixels = shape.dim, shape.fine_channels, shape.mask_pixels
+    per_query = 3 * c * c + c * c + c * shape.coarse_pixels + c * cin + cin * pixels + 2 * c
+    shared = cin * cin * pixels + 2 * c * cin * cin + c * cin    # covariance, y variance, y mean
+    return 2.0 * (queries * per_query + shared)
 
 
 def decoder_gflops(shape: DecoderShape, kept_per_layer: Sequence[int], prompts: int) -> float:
