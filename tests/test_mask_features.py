@@ -15,8 +15,8 @@ def _normed_projection(batch=2, cin=5, channels=12, groups=4, size=(7, 9), seed=
         norm.weight.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
         norm.bias.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
     # an offset and uneven scales per input channel, so the group statistics are far from trivial
-    inputs = torch.randn(batch, cin, *size, generator=g, dtype=torch.float64) * torch.linspace(0.2, 3, cin,
-                                                                                              dtype=torch.float64)[:, None, None] + 1.5
+    spread = torch.linspace(0.2, 3, cin, dtype=torch.float64)[:, None, None]
+    inputs = torch.randn(batch, cin, *size, generator=g, dtype=torch.float64) * spread + 1.5
     conv = nn.Conv2d(cin, channels, 1, bias=False).double()
     with torch.no_grad():
         conv.weight.copy_(torch.randn(channels, cin, 1, 1, generator=g, dtype=torch.float64))

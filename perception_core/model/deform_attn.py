@@ -176,7 +176,8 @@ class MSDeformAttn(nn.Module):
         value = self.project_values(value, channels_first)
         if reference_points.shape[-1] == 2:
             # grid = 2 * (reference + offset / (W_l, H_l)) - 1: the 2 / size factor goes into the weights
-            scale = torch.tensor([[2.0 / w, 2.0 / h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+            scale = torch.tensor([[2.0 / w, 2.0 / h] for h, w in spatial_shapes], dtype=query.dtype,
+                                 device=query.device)
             scale = scale[None, :, None, :].expand(heads, levels, points, 2).reshape(-1)
             base = (2 * reference_points - 1)[:, None, :, :, None]                  # (B, 1, Q, L, 1, 2)
             base = base.expand(-1, -1, -1, -1, points, -1).reshape(base.shape[0], 1, queries, -1)
