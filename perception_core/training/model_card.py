@@ -124,7 +124,8 @@ def render(info: dict, training: dict, latency: dict, flops: dict) -> str:
     ]
     if training:
         lines.append(f"{training['steps']} steps in {training['hours']:.1f} h on a shared 2-core x86_64 CPU, no GPU "
-                     f"(one thread; development work ran beside it). Loss {training['first_loss']:.1f} -> "
+                     f"(1-2 threads, development work running beside it; the recipe file lists the training phases). "
+                     f"Loss {training['first_loss']:.1f} -> "
                      f"{training['last_loss']:.1f} (weighted sum of all layers' losses).")
     else:
         lines.append("The training run's metrics.csv was not available when this card was written.")
@@ -151,13 +152,14 @@ def render(info: dict, training: dict, latency: dict, flops: dict) -> str:
     steps = int(info.get("step") or 0)
     lines += ["", "## What limits it", "",
               f"The schedule: {steps} steps of {recipe.get('batch_size', 8)} images ({steps * recipe.get('batch_size', 8) / 1000:.0f}k "
-              f"images seen) on one CPU thread, {100 * steps / 24000:.0f}% of the 24k steps the GPU recipe "
+              f"images seen) on a 2-core CPU, {100 * steps / 24000:.0f}% of the 24k steps the GPU recipe "
               "(`training/recipes/mobius_nano_synth.yaml`) plans, with a backbone trained from scratch (no "
               "pretrained weights can be downloaded here). The loss was still falling. A calibrated score "
               "estimates the mask IoU, so an under-trained model gives low scores (0.1-0.2 on the objects it "
               "finds): the node's default threshold of 0.4 (config/segment.yaml) hides them, and `make demo` "
               "uses 0.1. Continue the run with `mobius train --config training/recipes/mobius_nano_synth_cpu.yaml "
-              "--resume auto optim.max_steps=N`, or train the GPU recipe where a GPU is available."]
+              "--resume auto optim.max_steps=N \"optim.milestones=[...]\"` (the lr is a function of the step, so new "
+              "milestones restart the schedule), or train the GPU recipe where a GPU is available."]
     lines += ["", "## Cost", "", f"GFLOPs at {info.get('size')} px with {len(info.get('default_prompts', []))} prompts "
               "x 8 tokens (`mobius flops`):", "", "| component | GFLOPs |", "|---|---|"]
     lines += [f"| {name.replace('_', ' ')} | {value:.2f} |" for name, value in flops.items()]
