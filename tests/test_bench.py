@@ -250,3 +250,14 @@ def test_int8_static_skips_matmuls_without_per_channel_support(tmp_path):
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [3, 2, 2])], [weight, per_head])
     onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
     assert perf_int8.unquantizable_matmuls(tmp_path / "m.onnx") == ["weight_first", "per_head"]
+
+
+def test_node_section_reports_goals_from_the_summary():
+    import perf_node
+
+    summary = {"frames_published": 300, "frames_processed": 190, "frames_dropped": 110, "node_rate_hz": 31.0,
+               "node_latency_ms": {"p50": 30.0, "p90": 40.0, "p99": 75.0}, "instances_per_frame_mean": 1.0}
+    text = perf_node.render({"summary": summary, "frames": 300, "fps": 60.0}, (0.5, 0.5, 0.5))
+    assert "31.0 Hz, **met**" in text and "2.50x, **not met**" in text
+    summary["node_rate_hz"] = 12.0
+    assert "12.0 Hz, **not met**" in perf_node.render({"summary": summary, "frames": 300, "fps": 60.0}, (0, 0, 0))
