@@ -38,8 +38,8 @@ from perf_common import CACHE, DOCS, Settings  # noqa: E402
 from perf_report import ORDER, render  # noqa: E402
 
 MODULES = {"flops": "perf_flops", "latency": "perf_latency", "node": "perf_node", "runtime": "perf_runtime",
-           "pruning": "perf_pruning",
-           "efficiency": "perf_efficiency", "int8": "perf_int8", "peers": "perf_peers", "scaling": "perf_scaling"}
+           "pruning": "perf_pruning", "efficiency": "perf_efficiency", "int8": "perf_int8", "peers": "perf_peers",
+           "scaling": "perf_scaling"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -217,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
     from perception_core.training.synth.config import make_config
     from perception_core.training.synth.video import generate_video
+    from perception_core.training.synth.vocabulary import composition_name
 
     from .outputs import OptionalTypes
     from .segment_node import SegmentNode
@@ -230,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts:
         overrides["prompts"] = [p.strip() for p in args.prompts.split(",") if p.strip()]
     else:  # ask for what is in the clip (a robot team would name the objects it cares about)
-        overrides["prompts"] = sorted({f"{t['attributes']['color']} {t['attributes']['shape']}" for t in tracks})
+        overrides["prompts"] = sorted({composition_name(t["attributes"]["shape"], t["attributes"]["color"])
+                                       for t in tracks})
         print(f"[ros-demo] prompts: the clip's objects {overrides['prompts']}", flush=True)
     overrides.setdefault("score_threshold", args.score_threshold)
     overrides.update(input_topic=CAMERA_TOPIC, autostart=False)

@@ -29,14 +29,15 @@ class DecoderShape:
 
     @staticmethod
     def from_config(cfg, size: int) -> "DecoderShape":
+        from ..model.backbone import stage_channels
+        from ..model.build import memory_levels
+
         stride = cfg.pixel_decoder.bottleneck_stride
-        # as model.build.memory_levels (not imported: that pulls in torch)
-        levels = 1 if not cfg.decoder.multi_scale else (3 if cfg.pixel_decoder.type == "rtdetr" else 4)
+        levels = memory_levels(cfg)
         tokens = sum((size // s) ** 2 for s in ((8, 16, 32, 64)[:levels] if levels > 1 else (stride,)))
         dec = cfg.decoder
+        # the map each pixel decoder's MaskFeatureHead upsamples: B^ for ours, the stride-8 level for the baselines
         coarse = {"bottleneck": stride, "maskdino": 8, "rtdetr": 8}.get(cfg.pixel_decoder.type, stride)
-        from ..model.backbone import stage_channels
-
         fine = stage_channels(cfg.backbone.variant, cfg.backbone.width_multiplier)[0]
         return DecoderShape(cfg.hidden_dim, dec.ffn_dim, dec.heads, dec.points, levels, tokens, (size // 4) ** 2,
                             (size // coarse) ** 2, fine)
