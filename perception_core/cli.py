@@ -15,7 +15,7 @@ import sys
 # name -> (module, one-line help). The names are a public contract: keep them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("perception_core.model.flops_command", "count FLOPs per model component"),
-    "export": ("perception_core.runtime.export", "export a model to ONNX (opset 18)"),
+    "export": ("perception_core.runtime.export", "export a model to ONNX (opset 19)"),
     "data": ("perception_core.training.synth.command", "procedural benchmark data"),
     "train": ("perception_core.training.train_command", "train a model from a recipe"),
     "eval": ("perception_core.evaluation.eval_command", "COCO box/mask AP and calibration"),

@@ -1,6 +1,7 @@
 """ONNX export through `mobius export`: onnxruntime matches torch for 1, 3 and 20 prompts, with and
 without track queries, and when pruning keeps zero queries."""
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -26,7 +27,7 @@ def exported(tmp_path_factory):
     assert mobius(["export", "--config", "mobius_nano", "--weights", str(tmp / "w.safetensors"),
                    "--size", str(SIZE), "--out", str(onnx_path), *TINY]) == 0
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return model, session
+    return model, session, onnx_path
 
 
 def _compare(model, session, args):
@@ -41,14 +42,14 @@ def _compare(model, session, args):
 
 
 def test_graph_io_names(exported):
-    _, session = exported
+    _, session, _ = exported
     assert tuple(i.name for i in session.get_inputs()) == INPUT_NAMES
     assert tuple(o.name for o in session.get_outputs()) == OUTPUT_NAMES
 
 
 @pytest.mark.parametrize("num_prompts, tracks", [(1, 0), (3, 2), (20, 5)])
 def test_onnxruntime_matches_torch(exported, num_prompts, tracks):
-    model, session = exported
+    model, session, _ = exported
     args = example_inputs(model, SIZE, prompts=num_prompts, tracks=tracks)
     got = _compare(model, session, args)
     assert got["pred_logits"].shape[2] == num_prompts
@@ -56,7 +57,7 @@ def test_onnxruntime_matches_torch(exported, num_prompts, tracks):
 
 
 def test_pruning_to_zero_queries(exported):
-    model, session = exported
+    model, session, _ = exported
     args = list(example_inputs(model, SIZE, prompts=3, tracks=2))
     args[6] = torch.full_like(args[6], 2.0)        # no confidence reaches 2
     args[7] = torch.tensor(0, dtype=torch.int64)    # and nothing is protected
@@ -66,8 +67,29 @@ def test_pruning_to_zero_queries(exported):
 
 
 def test_pruning_bounds_are_runtime_inputs(exported):
-    model, session = exported
+    model, session, _ = exported
     args = list(example_inputs(model, SIZE, prompts=3, tracks=0))
     args[6] = torch.zeros_like(args[6])             # tau = 0: keep everything
     got = _compare(model, session, args)
     assert got["kept_per_layer"].tolist() == [16, 16, 16, 16]
+
+
+def test_samplers(exported, tmp_path):
+    """Default export: the pixel decoder's deformable attention (static query count) is one DeformConv
+    each, the transformer decoder's (pruned, data-dependent queries) stays GridSample. With
+    --sampler grid_sample there is no DeformConv, and both files compute the same outputs."""
+    model, session, onnx_path = exported
+    blocks = model.config.pixel_decoder.num_blocks
+    ops = [n.op_type for n in onnx.load(str(onnx_path)).graph.node]
+    assert ops.count("DeformConv") == 2 * blocks                      # self- and cross-attention per block
+    assert ops.count("GridSample") == model.config.decoder.num_layers
+    save_weights(model, tmp_path / "w.safetensors")
+    portable = tmp_path / "portable.onnx"
+    assert mobius(["export", "--config", "mobius_nano", "--weights", str(tmp_path / "w.safetensors"),
+                   "--size", str(SIZE), "--out", str(portable), "--sampler", "grid_sample", *TINY]) == 0
+    assert "DeformConv" not in {n.op_type for n in onnx.load(str(portable)).graph.node}
+    other = ort.InferenceSession(str(portable), providers=["CPUExecutionProvider"])
+    args = example_inputs(model, SIZE, prompts=3, tracks=2)
+    feed = {n: a.numpy() for n, a in zip(INPUT_NAMES, args)}
+    for name, a, b in zip(OUTPUT_NAMES, session.run(None, feed), other.run(None, feed)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .box_ops import inverse_sigmoid
-from .deform_attn import MSDeformAttn
+from .deform_attn import MSDeformAttn, ProjectedValues, project_many
 from .layers import FFN, MLP, MultiHeadAttention, box_position_embedding
 from .pixel_decoder_common import MaskFeatures
 from .pruning import query_confidence, select_kept, thresholds
@@ -44,9 +44,10 @@ class DecoderLayer(nn.Module):
         self.ffn = FFN(dim, ffn_dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, tgt: Tensor, query_pos: Tensor, ref_boxes: Tensor, memory: Tensor,
+    def forward(self, tgt: Tensor, query_pos: Tensor, ref_boxes: Tensor, memory: Tensor | ProjectedValues,
                 shapes: list[tuple[int, int]], attn_mask: Tensor | None) -> Tensor:
-        """tgt, query_pos: (B, N, C); ref_boxes: (B, N, 4) cxcywh; memory: (B, C, S) channels first."""
+        """tgt, query_pos: (B, N, C); ref_boxes: (B, N, 4) cxcywh; memory: (B, C, S) channels first, or
+        already through cross_attn.value_proj (deform_attn.project_many)."""
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.self_attn(q, q, tgt, attn_mask=attn_mask))
         ref = ref_boxes[:, :, None, :].expand(-1, -1, len(shapes), -1)            # (B, N, L, 4)
@@ -100,6 +101,7 @@ class TransformerDecoder(nn.Module):
         shapes = [(int(m.shape[-2]), int(m.shape[-1])) for m in memory]
         flat = torch.cat([m.flatten(2) for m in memory], dim=2)                    # (B, C, S)
         flat = flat + self._level_embedding(shapes).transpose(0, 1)
+        values = project_many([layer.cross_attn for layer in self.layers], flat)   # every layer reads `flat`
         tgt, ref = queries, boxes
         kept = torch.arange(queries.shape[1], device=queries.device)
         out = {"logits": [], "boxes": [], "masks": [], "kept_per_layer": []}
@@ -107,7 +109,7 @@ class TransformerDecoder(nn.Module):
         for index, layer in enumerate(self.layers):
             out["kept_per_layer"].append(torch.tensor(tgt.shape[1], dtype=torch.int64))
             query_pos = self.ref_point_head(box_position_embedding(ref, tgt.shape[-1]))
-            tgt = layer(tgt, query_pos, ref, flat, shapes, attn_mask)
+            tgt = layer(tgt, query_pos, ref, values[index], shapes, attn_mask)
             new_ref = (self.box_heads[index](tgt) + inverse_sigmoid(ref)).sigmoid()
             want_masks = all_layer_masks or index == last
             logits, masks = self.predict(tgt, prompts, mask_features if want_masks else None)

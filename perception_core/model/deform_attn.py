@@ -12,14 +12,20 @@ loop-based implementation used only by the float64 parity test.
 
 Coordinates: reference points and sampling locations are normalized to [0, 1] in (x, y) order over
 the *valid* extent of each level; (0, 0) is the top-left corner of the top-left pixel.
+
+For ONNX export with a static query count, `MSDeformAttn` can instead sample through one DeformConv
+(model/deform_conv.py, inside `deform_conv.lowered_sampling()`): same result, fewer and faster nodes.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from . import deform_conv
 
 
 def deform_sample(value: Tensor, spatial_shapes: list[tuple[int, int]], grids: Tensor, weights: Tensor) -> Tensor:
@@ -158,7 +164,14 @@ class MSDeformAttn(nn.Module):
             return torch.matmul(self.value_proj.weight, value) + self.value_proj.bias[:, None]
         return self.value_proj(value).transpose(1, 2)
 
-    def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
+    def _projected(self, value: "Tensor | ProjectedValues", channels_first: bool) -> Tensor:
+        if isinstance(value, ProjectedValues):
+            if value.layout is not None:
+                raise ValueError("a projected canvas is only read when sampling is lowered (deform_conv)")
+            return value.tensor
+        return self.project_values(value, channels_first)
+
+    def forward(self, query: Tensor, reference_points: Tensor, value: "Tensor | ProjectedValues",
                 spatial_shapes: list[tuple[int, int]], channels_first: bool = False) -> Tensor:
         """
         Args:
@@ -166,14 +179,25 @@ class MSDeformAttn(nn.Module):
             reference_points: (B, Q, L, 2) points in [0, 1] xy, or (B, Q, L, 4) boxes cxcywh in [0, 1]
                 (offsets are then scaled by half the box size, as in Deformable-DETR's 2-stage mode).
             value: (B, S, dim) flattened features of all levels, S = sum(H_l * W_l); with
-                `channels_first`, (B, dim, S) (the levels' (B, dim, H_l, W_l) maps flattened).
+                `channels_first`, (B, dim, S) (the levels' (B, dim, H_l, W_l) maps flattened); or
+                `ProjectedValues` from `project_many` (a canvas only when sampling is lowered).
             spatial_shapes: [(H_l, W_l)] python ints.
         Returns:
             (B, Q, dim)
         """
         batch, queries, _ = query.shape
         heads, levels, points = self.heads, self.levels, self.points
-        value = self.project_values(value, channels_first)
+        if reference_points.shape[-1] == 2 and deform_conv.is_lowered(queries):
+            if isinstance(value, ProjectedValues) and value.layout is not None:
+                canvas, layout = value.tensor, value.layout
+            else:
+                layout = deform_conv.canvas_layout(spatial_shapes)
+                canvas = deform_conv.to_canvas(self._projected(value, channels_first), layout)
+            weights = _per_head(query, self.attention_weights, heads).softmax(-1)
+            out = deform_conv.lowered_sample(query, self.sampling_offsets, canvas, layout, reference_points, heads,
+                                             points, weights)
+            return self.output_proj(out.transpose(1, 2))
+        value = self._projected(value, channels_first)
         if reference_points.shape[-1] == 2:
             # grid = 2 * (reference + offset / (W_l, H_l)) - 1: the 2 / size factor goes into the weights
             scale = torch.tensor([[2.0 / w, 2.0 / h] for h, w in spatial_shapes], dtype=query.dtype,
@@ -194,3 +218,27 @@ class MSDeformAttn(nn.Module):
         weights = _per_head(query, self.attention_weights, heads).softmax(-1)   # (B, heads, Q, L*P)
         out = deform_sample(value, spatial_shapes, grids, weights)              # (B, dim, Q)
         return self.output_proj(out.transpose(1, 2))
+
+
+class ProjectedValues(NamedTuple):
+    """Values already through an attention's value_proj (`project_many`): (B, dim, S) channels first,
+    or a (B, dim, height, width) canvas in `layout` for the lowered (DeformConv) path."""
+    tensor: Tensor
+    layout: deform_conv.CanvasLayout | None = None
+
+
+def project_many(attentions: Sequence[MSDeformAttn], value: "Tensor | deform_conv.ValueCanvas"
+                 ) -> list[ProjectedValues]:
+    """Every attention's value_proj of the same values in one matmul: the transformer decoder's layers
+    all read the same memory, the bottleneck blocks the same levels. `value` is (B, C, S) channels
+    first, or a ValueCanvas (its validity channel carries the biases, so the gaps stay zero)."""
+    weight = torch.cat([a.value_proj.weight for a in attentions])
+    bias = torch.cat([a.value_proj.bias for a in attentions])
+    sizes = [a.value_proj.out_features for a in attentions]
+    if isinstance(value, deform_conv.ValueCanvas):
+        layout = value.layout
+        projected = torch.matmul(torch.cat([weight, bias[:, None]], dim=1), value.tensor)
+        projected = projected.reshape(projected.shape[0], -1, layout.height, layout.width)
+        return [ProjectedValues(part, layout) for part in projected.split(sizes, dim=1)]
+    projected = torch.matmul(weight, value) + bias[:, None]
+    return [ProjectedValues(part) for part in projected.split(sizes, dim=1)]

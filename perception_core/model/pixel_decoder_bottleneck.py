@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .deform_attn import MSDeformAttn
+from . import deform_conv
+from .deform_attn import MSDeformAttn, ProjectedValues, project_many
 from .layers import FFN, TokenGroupNorm, level_position_embeddings, reference_grid, sine_position_embedding
 from .neck import NormedProjection
 from .pixel_decoder_common import MaskFeatureHead, PixelDecoderOutput, TextContext, TextFusion, token_anchors
@@ -39,10 +40,12 @@ class BottleneckBlock(nn.Module):
         self.norm_ffn = TokenGroupNorm(groups, dim)
 
     def forward(self, bottleneck: Tensor, pos: Tensor, text: TextContext, bottleneck_shape: tuple[int, int],
-                levels: Tensor, level_shapes: list[tuple[int, int]], ref_points: Tensor) -> tuple[Tensor, TextContext]:
+                levels: ProjectedValues, level_shapes: list[tuple[int, int]],
+                ref_points: Tensor) -> tuple[Tensor, TextContext]:
         """
         bottleneck: (B, N, C) tokens of B; pos: (N, C); text.tokens: (B, T, C);
-        levels: (B, C, S) flattened {S3..S6}, channels first; ref_points: (N, 2) xy in [0, 1].
+        levels: {S3..S6} through cross_attn.value_proj (deform_attn.project_many; a canvas when sampling
+        is lowered for export); ref_points: (N, 2) xy in [0, 1].
         Returns the enhanced bottleneck (B, N, C) and the text context after fusion.
         """
         if self.fusion is not None:
@@ -88,8 +91,12 @@ class BottleneckPixelDecoder(nn.Module):
         pos = pos + self.level_embed[self.bottleneck_level]
         ref_points = reference_grid([(height, width)], levels.device, levels.dtype)
         bottleneck = pyramid[self.bottleneck_level].flatten(2).transpose(1, 2)        # (B, N, C)
-        for block in self.blocks:
-            bottleneck, text = block(bottleneck, pos, text, (height, width), levels, level_shapes, ref_points)
+        values: Tensor | deform_conv.ValueCanvas = levels
+        if deform_conv.is_lowered(height * width):     # export: every block's DeformConv reads one canvas
+            values = deform_conv.ValueCanvas.build(levels, level_shapes)
+        projected = project_many([block.cross_attn for block in self.blocks], values)
+        for block, block_values in zip(self.blocks, projected):
+            bottleneck, text = block(bottleneck, pos, text, (height, width), block_values, level_shapes, ref_points)
         enhanced = bottleneck.transpose(1, 2).reshape(batch, dim, height, width)      # B^
         memory = [enhanced]
         if self.multi_scale_memory:

@@ -1,4 +1,8 @@
-"""`mobius export`: the deployment graph to ONNX with torch's dynamo exporter (opset 18).
+"""`mobius export`: the deployment graph to ONNX with torch's dynamo exporter (opset 19).
+
+Deformable attention over a fixed set of queries (the pixel decoder's tokens) is exported as one
+ONNX DeformConv per attention (`--sampler deform_conv`, the default; model/deform_conv.py); runtimes
+without DeformConv (opset 19) take `--sampler grid_sample`, the same result through GridSample.
 
 Text embeddings are graph inputs (prompts can change without re-export, any number of prompts and
 tokens), query pruning runs inside the graph (data-dependent query count, possibly zero), and the
@@ -14,10 +18,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..model import deform_conv
 from ..model.decoder import PruneSettings
 from .io_names import INPUT_NAMES, OUTPUT_NAMES
 
-OPSET = 18
+OPSET = 19
+SAMPLERS = ("deform_conv", "grid_sample")
 log = logging.getLogger(__name__)
 
 
@@ -59,10 +65,24 @@ def example_inputs(model: nn.Module, size: int | tuple[int, int], prompts: int =
             torch.rand(1, tracks, 4, generator=generator) * 0.5 + 0.25, *prune_inputs(model))
 
 
-def export_onnx(model: nn.Module, path: str | Path, size: int | tuple[int, int] = 384) -> Path:
-    """Exports `model` (any ModelConfig) for a fixed input size; returns the written path."""
-    path = Path(path)
+def dynamo_export(graph: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+                  dynamic: dict, sampler: str = "deform_conv") -> Path:
+    """torch.onnx.export (dynamo, OPSET) of `graph` to `path`, deformable sampling as `sampler`."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r}; choose one of {SAMPLERS}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad(), deform_conv.lowered_sampling(sampler == "deform_conv"):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(graph, args, dynamo=True, opset_version=OPSET, input_names=input_names,
+                                    output_names=output_names, dynamic_shapes=dynamic, verbose=False,
+                                    custom_translation_table=deform_conv.onnx_translations())
+    program.save(str(path))
+    return path
+
+
+def export_onnx(model: nn.Module, path: str | Path, size: int | tuple[int, int] = 384,
+                sampler: str = "deform_conv") -> Path:
+    """Exports `model` (any ModelConfig) for a fixed input size; returns the written path."""
     graph = DeployGraph(model)
     args = example_inputs(model, size)
     prompts, tokens, tracks = torch.export.Dim("prompts", max=1024), torch.export.Dim("tokens", max=512), \
@@ -70,12 +90,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: int | tuple[int, int] 
     dynamic = {"images": None, "text_tokens": {0: prompts, 1: tokens}, "text_mask": {0: prompts, 1: tokens},
                "text_pooled": {0: prompts}, "track_queries": {1: tracks}, "track_boxes": {1: tracks},
                "prune_thresholds": None, "prune_min_kept": None}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(graph, args, dynamo=True, opset_version=OPSET, input_names=list(INPUT_NAMES),
-                                    output_names=list(OUTPUT_NAMES), dynamic_shapes=dynamic, verbose=False)
-    program.save(str(path))
-    return path
+    return dynamo_export(graph, args, Path(path), list(INPUT_NAMES), list(OUTPUT_NAMES), dynamic, sampler)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="trained weights (.safetensors or weights-only .pt)")
     parser.add_argument("--size", type=int, default=384, help="square input size in pixels")
     parser.add_argument("--out", required=True, help="output .onnx path")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="deform_conv",
+                        help="deformable sampling of the pixel decoder: one DeformConv per attention (faster "
+                             "on onnxruntime) or GridSample per level (for runtimes without DeformConv)")
     parser.add_argument("overrides", nargs="*", help="model config overrides key=value")
 
 
@@ -94,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     model = build_from_name(args.config, args.overrides)
     if args.weights:
         load_weights(model, args.weights)
-    path = export_onnx(model, args.out, args.size)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {OPSET}, inputs {list(INPUT_NAMES)})")
+    path = export_onnx(model, args.out, args.size, args.sampler)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {OPSET}, sampler {args.sampler}, "
+          f"inputs {list(INPUT_NAMES)})")
     return 0

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from ..model.pixel_decoder_common import MaskFeatures
+from .export import dynamo_export
 from .io_names import MASK_INPUT_NAMES, MASK_OUTPUT_NAMES
 
-OPSET = 18
 MASK_SUFFIX = ".masks.onnx"
 
 
@@ -59,10 +58,8 @@ class MaskGraph(nn.Module):
         return self.mask_features(images, text_tokens, text_mask).read(self.kernels(query_embed))
 
 
-def export_mask_graph(model: nn.Module, path: str | Path, size: int = 384) -> Path:
+def export_mask_graph(model: nn.Module, path: str | Path, size: int = 384, sampler: str = "deform_conv") -> Path:
     """Exports the mask graph of `model` for a square `size` input; returns the written path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     graph = MaskGraph(model)
     generator = torch.Generator().manual_seed(0)
     cfg = model.config
@@ -75,13 +72,7 @@ def export_mask_graph(model: nn.Module, path: str | Path, size: int = 384) -> Pa
                                 torch.export.Dim("queries", max=4096))
     dynamic = {"images": None, "text_tokens": {0: prompts, 1: tokens}, "text_mask": {0: prompts, 1: tokens},
                "query_embed": {1: queries}}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(graph, args, dynamo=True, opset_version=OPSET,
-                                    input_names=list(MASK_INPUT_NAMES), output_names=list(MASK_OUTPUT_NAMES),
-                                    dynamic_shapes=dynamic, verbose=False)
-    program.save(str(path))
-    return path
+    return dynamo_export(graph, args, Path(path), list(MASK_INPUT_NAMES), list(MASK_OUTPUT_NAMES), dynamic, sampler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="trained weights (.safetensors or weights-only .pt)")
     parser.add_argument("--size", type=int, default=384, help="square input size (as the main graph)")
     parser.add_argument("--out", required=True, help="output path, by convention <model>.masks.onnx")
+    parser.add_argument("--sampler", choices=("deform_conv", "grid_sample"), default="deform_conv",
+                        help="deformable sampling, as for the main graph (mobius export --sampler)")
     parser.add_argument("overrides", nargs="*", help="model config overrides key=value")
     args = parser.parse_args(argv)
     from ..model.build import build_from_name, load_weights
@@ -97,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_from_name(args.config, args.overrides)
     if args.weights:
         load_weights(model, args.weights)
-    path = export_mask_graph(model, args.out, args.size)
+    path = export_mask_graph(model, args.out, args.size, args.sampler)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, inputs {list(MASK_INPUT_NAMES)})")
     return 0
 

@@ -108,7 +108,8 @@ def render(info: dict, training: dict, latency: dict, flops: dict) -> str:
         f"- Architecture: `{info.get('preset')}` (config/models/{info.get('preset')}.yaml): MobileNetV4-conv-S at half "
         "width, bottleneck pixel decoder (MOBIUS Eq. 1), language-guided query selection, 4-layer decoder with "
         "calibrated query pruning, MiniLM text encoder (frozen).",
-        f"- Files: `mobius_nano.safetensors` (weights), `mobius_nano.onnx` ({info.get('size')} px, opset 18), "
+        f"- Files: `mobius_nano.safetensors` (weights), `mobius_nano.onnx` ({info.get('size')} px, opset 19, "
+        "pixel-decoder sampling as DeformConv), "
         "`mobius_nano.masks.onnx` (kernel reuse), `default_prompts.safetensors` "
         f"({', '.join(info.get('default_prompts', []))}).",
         f"- Trained for {info.get('step')} steps ({info.get('skipped_steps', 0)} skipped).", "",

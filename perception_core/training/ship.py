@@ -4,7 +4,7 @@
 
 writes, next to each other:
     mobius_nano.safetensors      the weights (no pickle)
-    mobius_nano.onnx             the deployment graph at assets.SIZE px (dynamo, opset 18)
+    mobius_nano.onnx             the deployment graph at assets.SIZE px (dynamo, opset 19)
     mobius_nano.masks.onnx       its kernel-reuse mask graph (runtime/export_kernels.py)
     default_prompts.safetensors  MiniLM embeddings of assets.DEFAULT_PROMPTS
     model.json                   preset, size, training step, prompts trained on, recipe; metrics are

@@ -1,0 +1,226 @@
+"""Deformable-attention sampling exported as one ONNX DeformConv (opset 19).
+
+The attention-weighted sum of bilinear samples that `deform_attn.deform_sample` takes over all
+levels and points is a modulated deformable convolution (DCNv2) with depthwise all-ones weights:
+taps = levels x points, offset groups = heads, modulation mask = attention weights. The levels are
+packed into one canvas with zero rows and columns between neighbours, and every sampling
+location is clamped to [-1, size] of its own level, where bilinear sampling with zero padding
+already gives 0; so no sample reads a neighbouring level and the result is exact.
+
+onnxruntime's DeformConv kernel plans each tap's bilinear corners once per offset group and reuses
+the plan for every channel of the group; per deformable attention it replaces L grid_sample,
+L multiply and L reduce nodes (bench/perf_profile.sampler_ab times the default model both ways).
+
+The output of a convolution has a size fixed by its input and attributes, so this path needs a
+static query count: the pixel decoders' queries (every token of a fixed-size image). The transformer
+decoder's pruned, data-dependent queries keep grid_sample. `lowered_sampling()` switches it on for
+an export (MSDeformAttn.forward asks `is_lowered`); training and eager inference never take it.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_STATE = {"lowered": False}
+
+
+@dataclass(frozen=True)
+class CanvasLayout:
+    """Where the levels sit in the canvas. The first (largest) level is the top-left block; the others
+    sit side by side in a band below it, one zero row under the first level and one zero column
+    between neighbours. Level 0 is thus copied in whole channel planes, and the band is small."""
+    shapes: tuple[tuple[int, int], ...]
+    origins: tuple[tuple[int, int], ...]   # (row, col) of each level's top-left pixel
+    height: int
+    width: int
+    band_height: int                       # rows of the band, its top zero row included (0: one level)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The convolution over the canvas whose output grid holds the queries."""
+    out_hw: tuple[int, int]                # rows * cols = queries, row-major
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]        # ONNX order: top, left, bottom, right (only bottom/right used)
+
+
+def canvas_layout(spatial_shapes: Sequence[tuple[int, int]]) -> CanvasLayout:
+    (first_h, first_w), rest = spatial_shapes[0], spatial_shapes[1:]
+    origins, column = [(0, 0)], 0
+    for _, width in rest:
+        origins.append((first_h + 1, column))
+        column += width + 1
+    band_height = max((h for h, _ in rest), default=-1) + 1
+    return CanvasLayout(tuple((int(h), int(w)) for h, w in spatial_shapes), tuple(origins), first_h + band_height,
+                        max(first_w, column - 1), band_height)
+
+
+def _factor(queries: int) -> tuple[int, int]:
+    """queries = rows * cols with rows the largest divisor <= sqrt(queries): small base positions keep
+    the float32 offsets (location - base) precise."""
+    rows = max(d for d in range(1, math.isqrt(queries) + 1) if queries % d == 0)
+    return rows, queries // rows
+
+
+def _fit(size: int, kernel: int, out: int) -> tuple[int, int]:
+    """(stride, end pad) with floor((size + pad - kernel) / stride) + 1 == out, pad >= 0."""
+    stride = max(1, -(-(size - kernel + 1) // out))
+    pad = max(0, stride * (out - 1) - (size - kernel))
+    assert (size + pad - kernel) // stride + 1 == out, (size, kernel, out, stride, pad)
+    return stride, pad
+
+
+def conv_geometry(layout: CanvasLayout, queries: int, taps: int) -> ConvGeometry:
+    rows, cols = _factor(queries)
+    stride_h, pad_h = _fit(layout.height, 1, rows)
+    stride_w, pad_w = _fit(layout.width, taps, cols)
+    return ConvGeometry((rows, cols), (stride_h, stride_w), (0, 0, pad_h, pad_w))
+
+
+def to_canvas(value: Tensor, layout: CanvasLayout) -> Tensor:
+    """(B, C, S) channels-first values of all levels -> (B, C, height, width) zero-gapped canvas."""
+    batch, channels, _ = value.shape
+    levels = [level.reshape(batch, channels, h, w)
+              for level, (h, w) in zip(value.split([h * w for h, w in layout.shapes], 2), layout.shapes)]
+    first = levels[0]
+    if first.shape[-1] < layout.width:
+        first = F.pad(first, (0, layout.width - first.shape[-1]))
+    if len(levels) == 1:
+        return first
+    band = [F.pad(level, (0, 1 if i < len(levels) - 2 else 0, 1, layout.band_height - 1 - level.shape[-2]))
+            for i, level in enumerate(levels[1:])]
+    band = torch.cat(band, dim=3)
+    if band.shape[-1] < layout.width:
+        band = F.pad(band, (0, layout.width - band.shape[-1]))
+    return torch.cat([first, band], dim=2)
+
+
+class ValueCanvas(NamedTuple):
+    """Unprojected values of all levels in canvas layout, built once and read by several attentions
+    (the bottleneck pixel decoder's blocks all cross-attend to the same levels). The last channel is
+    1 on level pixels and 0 in the gaps, so `deform_attn.project_many` applies the value projections'
+    biases as one more weight column and the gaps stay exactly zero: no per-attention canvas copy,
+    no bias add."""
+    tensor: Tensor                         # (B, C + 1, height * width)
+    layout: CanvasLayout
+
+    @staticmethod
+    def build(value: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> "ValueCanvas":
+        """(B, C, S) channels-first unprojected values -> canvas with the validity channel."""
+        layout = canvas_layout(spatial_shapes)
+        ones = value.new_ones(value.shape[0], 1, value.shape[2])
+        canvas = to_canvas(torch.cat([value, ones], dim=1), layout)
+        return ValueCanvas(canvas.flatten(2), layout)
+
+
+def lowered_sample(query: Tensor, sampling_offsets: nn.Linear, canvas: Tensor, layout: CanvasLayout,
+                   reference_points: Tensor, heads: int, points: int, weights: Tensor) -> Tensor:
+    """MSDeformAttn's sampling with 2-d reference points through `mobius::deform_conv_sum`.
+
+    Args:
+        query: (B, Q, dim) with position embedding; sampling_offsets: the module's offset linear, whose
+            outputs are pixel offsets per (head, level, point, xy).
+        canvas: (B, heads * C_h, height, width) projected values in `layout` (`to_canvas`,
+            `deform_attn.project_many`); reference_points: (B, Q, L, 2) xy in [0, 1];
+            weights: (B, heads, Q, L * P) attention weights.
+    Returns:
+        (B, heads * C_h, Q), what `deform_attn.deform_sample` returns.
+
+    The linear is applied with its rows reordered to (y, x) and the reference's canvas position added
+    to its bias, so it yields canvas pixels directly; clamping and the DeformConv base positions are
+    three same-layout elementwise ops, and one transpose each gives DeformConv's
+    (group, tap, [y, x], rows, cols) offsets and (group, tap, rows, cols) mask.
+    """
+    batch, queries, _ = query.shape
+    levels = len(layout.shapes)
+    taps = levels * points
+    geometry = conv_geometry(layout, queries, taps)
+    dtype, device = query.dtype, query.device
+    size = torch.tensor(layout.shapes, dtype=dtype, device=device)                           # (L, 2) yx
+    origin = torch.tensor(layout.origins, dtype=dtype, device=device)
+    weight = sampling_offsets.weight.view(heads, levels, points, 2, -1).flip(3).reshape(heads, taps * 2, -1)
+    bias = sampling_offsets.bias.view(heads, levels, points, 2).flip(3).reshape(heads, 1, taps * 2)
+    start = reference_points.flip(-1) * size - 0.5 + origin                                  # (B, Q, L, yx)
+    start = start[:, :, :, None].expand(-1, -1, -1, points, -1).reshape(batch, 1, queries, taps * 2)
+    position = torch.matmul(query[:, None], weight.transpose(1, 2)) + (bias + start)         # (B, heads, Q, K*2)
+    if levels > 1:                                   # stay inside the level and its zero border
+        per_column = lambda t: t[:, None].expand(-1, points, -1).reshape(-1)                   # noqa: E731
+        position = torch.minimum(torch.maximum(position, per_column(origin - 1)), per_column(origin + size))
+    rows, cols = geometry.out_hw
+    base_y = torch.arange(rows, dtype=dtype, device=device) * geometry.strides[0] - geometry.pads[0]
+    base_x = torch.arange(cols, dtype=dtype, device=device) * geometry.strides[1] - geometry.pads[1]
+    base = torch.stack([base_y[:, None, None].expand(-1, cols, taps),
+                        (base_x[:, None] + torch.arange(taps, dtype=dtype, device=device)).expand(rows, -1, -1)],
+                       dim=-1)                                                                   # (rows, cols, K, yx)
+    offset = (position - base.reshape(queries, taps * 2)).transpose(2, 3).reshape(batch, heads * taps * 2, rows, cols)
+    mask = weights.transpose(2, 3).reshape(batch, heads * taps, rows, cols)
+    out = torch.ops.mobius.deform_conv_sum(canvas, offset, mask, [1, taps], list(geometry.strides),
+                                            list(geometry.pads), heads)
+    return out.reshape(batch, canvas.shape[1], queries)
+
+
+@torch.library.custom_op("mobius::deform_conv_sum", mutates_args=())
+def deform_conv_sum(x: Tensor, offset: Tensor, mask: Tensor, kernel: list[int], strides: list[int],
+                    pads: list[int], offset_group: int) -> Tensor:
+    """ONNX DeformConv with depthwise all-ones weights, no bias, dilation 1: for every output position
+    and channel, the mask-weighted sum over taps of bilinear samples (zero outside x) at
+    base + offset, base = (row * stride_h - pad_top + ky, col * stride_w - pad_left + kx).
+    x (B, C, H, W), offset (B, G*kh*kw*2, oh, ow) in (y, x) pairs, mask (B, G*kh*kw, oh, ow)."""
+    batch, channels, height, width = x.shape
+    _, _, rows, cols = offset.shape
+    kh, kw = kernel
+    taps, groups = kh * kw, offset_group
+    offset = offset.reshape(batch, groups, taps, 2, rows, cols)
+    ky = torch.arange(kh, dtype=x.dtype, device=x.device).repeat_interleave(kw)[:, None, None]
+    kx = torch.arange(kw, dtype=x.dtype, device=x.device).repeat(kh)[:, None, None]
+    y = offset[:, :, :, 0] + (torch.arange(rows, dtype=x.dtype, device=x.device)[:, None] * strides[0] - pads[0] + ky)
+    x_ = offset[:, :, :, 1] + (torch.arange(cols, dtype=x.dtype, device=x.device) * strides[1] - pads[1] + kx)
+    grid = torch.stack([(2 * x_ + 1) / width - 1, (2 * y + 1) / height - 1], dim=-1)   # (B, G, K, oh, ow, 2)
+    sampled = F.grid_sample(x.reshape(batch * groups, channels // groups, height, width),
+                            grid.reshape(batch * groups, taps, rows * cols, 2), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)                    # (BG, C/G, K, oh*ow)
+    out = (sampled * mask.reshape(batch * groups, 1, taps, rows * cols)).sum(2)
+    return out.reshape(batch, channels, rows, cols)
+
+
+@deform_conv_sum.register_fake
+def _(x, offset, mask, kernel, strides, pads, offset_group):
+    return x.new_empty(x.shape[0], x.shape[1], offset.shape[2], offset.shape[3])
+
+
+def _onnx_deform_conv_sum(x, offset, mask, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],
+                          offset_group: int):
+    from onnxscript import opset18 as op
+    from onnxscript import opset19 as op19
+
+    channels = x.shape[1]
+    ones = op.Expand(op.Constant(value_float=1.0), op.Constant(value_ints=[channels, 1, *kernel]))
+    return op19.DeformConv(x, ones, offset, None, mask, kernel_shape=list(kernel), strides=list(strides),
+                           pads=list(pads), group=channels, offset_group=offset_group)
+
+
+def onnx_translations() -> dict:
+    """custom_translation_table entries for torch.onnx.export (opset >= 19)."""
+    return {torch.ops.mobius.deform_conv_sum.default: _onnx_deform_conv_sum}
+
+
+@contextlib.contextmanager
+def lowered_sampling(enabled: bool = True) -> Iterator[None]:
+    """Within this context `deform_sample` routes static-query calls through DeformConv."""
+    previous = _STATE["lowered"]
+    _STATE["lowered"] = enabled
+    try:
+        yield
+    finally:
+        _STATE["lowered"] = previous
+
+
+def is_lowered(queries) -> bool:
+    """True when MSDeformAttn should sample through DeformConv for this (possibly symbolic) query count."""
+    return _STATE["lowered"] and isinstance(queries, int) and queries > 0
