@@ -4,7 +4,7 @@
    weights, each exported once (cached), the same random image and 80 prompts x 8 tokens as the FLOPs
    table, timed in round-robin so their ratios share the machine's load.
 2. The default (shipped) model, model only: one real letterboxed frame, the clip's categories as prompts, the
-   configured in-graph pruning. Goal: >= 60 FPS.
+   configured in-graph pruning. Goal: >= 60 FPS. Its int8-dynamic variant is timed beside it.
 3. End to end through `FrameProcessor` (preprocess, model, postprocess, tracker, id image) over a
    generated clip, every frame decoded (T=1) and with kernel reuse (T=3), the two processors
    alternating clip by clip. Goals: >= 30 FPS at T=1, per-frame p99 <= 2 x median, T=3 >= 1.5x T=1.
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
-from perf_common import (Section, Settings, cached_onnx, fmt_ms, goal, machine_line, model_pruning, onnx_session,
-                         random_feed, time_interleaved)
+from perf_common import (BLOCK, Section, Settings, cached_onnx, fmt_ms, goal, machine_line, model_pruning,
+                         onnx_session, random_feed, time_interleaved)
 
 CONFIGS = ("mobius_mini_m", "glee_maskdino_mini_m", "glee_rtdetr_mini_m")
 SIZE = 384
@@ -50,8 +51,23 @@ def default_model(settings: Settings, frame: np.ndarray):
     return bench_model(folder, SIZE, frame, list(assets.DEFAULT_PROMPTS))
 
 
+def int8_dynamic(settings: Settings, onnx_path) -> Path:
+    """The model with int8 weights in its MatMul/Gemm (perf_int8's dynamic variant), cached by file digest."""
+    import perf_int8
+    from perf_profile import file_digest
+
+    folder = settings.cache / "int8" / file_digest(onnx_path)
+    target = folder / "dynamic.onnx"
+    if not target.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        source, _ = perf_int8.preprocessed(Path(onnx_path), folder)
+        perf_int8.quantize_dynamic_model(source, target)
+    return target
+
+
 def model_only(settings: Settings, onnx_path, frame: np.ndarray, prompts: list[str]) -> dict:
-    """Model-only latency of one real frame with these prompts and the configured pruning."""
+    """Model-only latency of one real frame with these prompts and the configured pruning; the int8
+    dynamic variant of the same file is timed in the same round-robin."""
     from perception_core import assets
     from perception_core.runtime.preprocess import preprocess
     from perception_core.runtime.prompts import encode_prompts
@@ -65,12 +81,15 @@ def model_only(settings: Settings, onnx_path, frame: np.ndarray, prompts: list[s
     feed = {"images": image, **text, "track_queries": np.zeros((1, 0, hidden), np.float32),
             "track_boxes": np.zeros((1, 0, 4), np.float32), "prune_thresholds": thresholds,
             "prune_min_kept": min_kept}
-    timing = time_interleaved({"model": lambda: session.run(None, feed)}, settings.repeats * 2,
-                              settings.warmup)["model"]
+    quantized = onnx_session(int8_dynamic(settings, onnx_path), settings.threads)
+    timings = time_interleaved({"model": lambda: session.run(None, feed), "int8": lambda: quantized.run(None, feed)},
+                               settings.repeats * 2, settings.warmup, BLOCK)
+    timing = timings["model"]
     logits, *_, kept = session.run(None, feed)
     scores = np.sort(1.0 / (1.0 + np.exp(-logits[0].max(axis=1))))[::-1]       # best prompt per query
     return {"median_ms": timing.median, "p99_ms": timing.p99, "fps": 1000.0 / timing.median,
-            "kept_per_layer": [int(k) for k in kept], "scores": scores.tolist()}
+            "kept_per_layer": [int(k) for k in kept], "scores": scores.tolist(),
+            "int8_dynamic": {"median_ms": timings["int8"].median, "fps": 1000.0 / timings["int8"].median}}
 
 
 def end_to_end(settings: Settings, model, frames: list[np.ndarray], prompts: list[str],
@@ -131,6 +150,15 @@ def run(settings: Settings) -> Section:
     return Section("latency", "Latency at 384x384, onnxruntime", render(data, settings, len(frames), load), data=data)
 
 
+def int8_line(single: dict) -> list[str]:
+    int8 = single.get("int8_dynamic")
+    if not int8:
+        return []
+    return [f"The same file with int8 MatMul/Gemm weights (onnxruntime dynamic quantization; its AP change is in "
+            f"the int8 section), timed in the same round-robin: median {int8['median_ms']:.1f} ms = "
+            f"**{int8['fps']:.1f} FPS** (>= 60: {goal(int8['fps'] >= 60)}).", ""]
+
+
 def render(data: dict, settings: Settings, frames: int, load) -> str:
     configs, single, e2e = data["configs"], data["model_only"], data["end_to_end"]
     base = configs["glee_maskdino_mini_m"]["median_ms"]
@@ -154,6 +182,7 @@ def render(data: dict, settings: Settings, frames: int, load) -> str:
               f"Model only (one letterboxed clip frame, configured pruning, kept per layer "
               f"{single['kept_per_layer']}): median {single['median_ms']:.1f} ms, p99 {single['p99_ms']:.1f} ms = "
               f"**{single['fps']:.1f} FPS** (goal >= 60: {goal(single['fps'] >= 60)}).", "",
+              *int8_line(single),
               f"End to end through FrameProcessor (preprocess, model, postprocess, tracking, id image) on a generated "
               f"{frames}-frame 288x384 clip; T=1 and T=3 processors alternate clip by clip:", "",
               "| kernel reuse T | FPS (clip mean) | frame ms (mean) | per-frame median ms | p99 ms | p99 / median "

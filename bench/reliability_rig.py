@@ -164,7 +164,7 @@ class Client:
     def __post_init__(self) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
@@ -178,7 +178,9 @@ class Client:
         self.subscriptions = [
             self.node.create_subscription(Image, f"{NAMESPACE}/mobius_segmenter/instances", self._on_output, outputs),
             self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, outputs)]
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        # One executor thread: rclpy's MultiThreadedExecutor re-polls in Python and takes CPU from the
+        # node under test on a 2-core machine (docs/ROS.md, "Executors: one thread is the fast choice").
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
         self.spinner.start()

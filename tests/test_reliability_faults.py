@@ -109,6 +109,20 @@ def small_onnx(path: Path) -> Path:
     return path
 
 
+def deform_conv_onnx(path: Path) -> Path:
+    """A graph with a DeformConv node at opset 18, where onnxruntime has none (as an onnxruntime without
+    the opset-19 kernel answers for the default export)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("DeformConv", ["x", "w", "offset"], ["y"], kernel_shape=[1, 1])
+    graph = helper.make_graph([node], "deform", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
+                                                 (("x", [1, 1, 2, 2]), ("w", [1, 1, 1, 1]), ("offset", [1, 2, 2, 2]))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
+    return path
+
+
 def model_faults(folder: Path, weights: Path) -> tuple[list[tuple[str, dict, str]], Path]:
     """([(name, parameter values, text the error line must contain)], marker of the malicious pickles)."""
     marker, evil = evil_files(folder)
@@ -118,6 +132,7 @@ def model_faults(folder: Path, weights: Path) -> tuple[list[tuple[str, dict, str
     (folder / "empty.safetensors").write_bytes(b"")
     (folder / "weights.onnx").write_bytes(data)
     onnx_bytes = small_onnx(folder / "identity.onnx").read_bytes()
+    deform_conv_onnx(folder / "deform_conv.onnx")
     (folder / "truncated.onnx").write_bytes(onnx_bytes[: len(onnx_bytes) // 2])
     (folder / "a_directory.onnx").mkdir()
     (folder / "zero.onnx").symlink_to("/dev/zero")
@@ -145,6 +160,8 @@ def model_faults(folder: Path, weights: Path) -> tuple[list[tuple[str, dict, str
         ("truncated ONNX", {**onnx_, "model_path": str(folder / "truncated.onnx")},
          "could not be loaded by onnxruntime"),
         ("another ONNX graph", {**onnx_, "model_path": str(folder / "identity.onnx")}, "has inputs ('x',)"),
+        ("DeformConv this onnxruntime cannot run", {**onnx_, "model_path": str(folder / "deform_conv.onnx")},
+         "--sampler grid_sample"),
         ("weights named .onnx", {**onnx_, "model_path": str(folder / "weights.onnx")},
          "could not be loaded by onnxruntime"),
         ("directory as model_path", {**onnx_, "model_path": str(folder / "a_directory.onnx")}, "is a directory"),

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .io_names import MASK_INPUT_NAMES, MASK_OUTPUT_NAMES, OUTPUT_NAMES
-from .onnx_engine import OnnxEngine, session_options
+from .onnx_engine import OnnxEngine, load_error, session_options
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -77,7 +77,7 @@ class OnnxBackend(Backend):
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:
-            raise ValueError(f"mask graph '{path}' could not be loaded by onnxruntime: {error}") from None
+            raise load_error("mask graph", path, error) from None
         names = tuple(i.name for i in session.get_inputs())
         if names != MASK_INPUT_NAMES:
             raise ValueError(f"mask graph '{path}' has inputs {names}, expected {MASK_INPUT_NAMES}; re-export it")

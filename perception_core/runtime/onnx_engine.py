@@ -26,6 +26,16 @@ def session_options(threads: int):
     return options
 
 
+def load_error(what: str, path: Path, error: Exception) -> ValueError:
+    """A clear error for a file onnxruntime refused; names the fix when the build lacks DeformConv."""
+    message = f"{what} '{path}' could not be loaded by onnxruntime: {error}"
+    if "DeformConv" in str(error):
+        message += ("; this onnxruntime cannot run DeformConv (ONNX opset 19, in onnxruntime since 2026): re-export "
+                    "with 'mobius export ... --sampler grid_sample' (and export_kernels --sampler grid_sample for "
+                    "the mask graph), which computes the same with GridSample.")
+    return ValueError(message)
+
+
 class OnnxEngine:
     def __init__(self, path: str | Path, threads: int = 2):
         import onnxruntime as ort
@@ -37,7 +47,7 @@ class OnnxEngine:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:
-            raise ValueError(f"model file '{path}' could not be loaded by onnxruntime: {error}") from None
+            raise load_error("model file", path, error) from None
         names = tuple(i.name for i in self.session.get_inputs())
         if names != INPUT_NAMES:
             raise ValueError(f"model file '{path}' has inputs {names}, expected {INPUT_NAMES}; re-export it")
