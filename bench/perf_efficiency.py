@@ -155,11 +155,11 @@ def render(data: dict, settings: Settings, load) -> str:
               "", f"### onnxruntime profile by operator type ({threads} threads)", "",
               *perf_profile.op_table(stats), "",
               f"Node time in matmul/convolution ops: {gemm_ms:.1f} of {total_ms:.1f} ms ({gemm_ms / total_ms:.0%}); "
-              f"the counted {e.gflops:.2f} GFLOPs (all but the few grid_sample taps run there) go at about "
+              f"the counted {e.gflops:.2f} GFLOPs (all but the few bilinear-sampling taps run there) go at about "
               f"{e.gflops / (gemm_ms / 1000):.1f} GFLOP/s ({e.gflops / (gemm_ms / 1000) / peaks[threads]:.0%} of "
               f"peak) inside those ops. The other "
-              f"{total_ms - gemm_ms:.1f} ms (layout: Transpose/Concat/Reshape/Reorder*, sampling: GridSample, "
-              f"elementwise: Add/Mul/Div/Softmax/norms) carry no counted FLOPs: that is the biggest loss.", "",
+              f"{total_ms - gemm_ms:.1f} ms (layout: Transpose/Concat/Reshape/Reorder*, "
+              f"sampling: DeformConv/GridSample, elementwise: Add/Mul/Div/Softmax/norms) carry no counted FLOPs: that is the biggest loss.", "",
               "Heaviest nodes:", "", "| node | op | ms per run | input shapes |", "|---|---|---|---|",
               *[f"| {name} | {op} | {ms:.2f} | {shapes} |" for name, op, ms, shapes in data["nodes"]], "",
               "### Cheap fixes tried", "", "Session options (round-robin, median ms; a variant counts when >= 5% "

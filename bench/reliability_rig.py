@@ -81,7 +81,7 @@ def describe(args: argparse.Namespace, parameters: dict[str, str]) -> str:
     return (f"model {model}, backend {parameters.get('backend', 'onnx')}, input {args.input_size} px "
             f"(ONNX: its own), frames {args.width}x{args.height} rgb8, {args.threads} inference thread(s); "
             f"{platform.machine()}, {os.cpu_count()} logical CPUs, load average {load:.1f} at the start "
-            f"(the machine is shared: a training run uses the CPU in the background)")
+            f"(the machine is shared with other jobs)")
 
 
 def clip(width: int, height: int, frames: int = 30, seed: int = 8) -> list[np.ndarray]:
