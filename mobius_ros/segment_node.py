@@ -147,6 +147,7 @@ class SegmentNode(LifecycleNode):
         try:
             config = parameters.processor_config(values)
             processor = FrameProcessor(config, values["prompts"])
+            warm_ms = processor.warm_up()       # the first camera frame then costs what every frame costs
         except (FileNotFoundError, ValueError, OSError) as error:
             hint = "" if "model_path" in str(error) else " (node parameters: model_path, backend, prompts)"
             self.get_logger().error(f"configure failed: {error}{hint}")
@@ -168,7 +169,7 @@ class SegmentNode(LifecycleNode):
                 self._types.detections[0], "~/detections", OUTPUT_QOS)
         model = config.model or f"the shipped default ({config.backend})"
         self.get_logger().info(f"configured: model {model}, prompts {processor.prompts}, "
-                               f"records as {self._types.info_type().__name__}")
+                               f"records as {self._types.info_type().__name__}, warm-up run {warm_ms:.0f} ms")
         self._state = "inactive"
         return TransitionCallbackReturn.SUCCESS
 

@@ -206,3 +206,21 @@ def test_default_prompts_come_from_the_shipped_embeddings(tmp_path, monkeypatch)
     np.testing.assert_array_equal(text["text_pooled"], stand_in.pooled.numpy())
     _, other = prompt_module.encode_prompts(list(assets.DEFAULT_PROMPTS[:2]))   # any other list: MiniLM
     assert not np.allclose(other["text_pooled"], stand_in.pooled.numpy()[:2])
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_warm_up_runs_the_model_and_leaves_no_state(clip, backend):
+    """warm_up runs the graphs (a timing > 0) but the frames after it are exactly those of a processor
+    that never warmed up: same ids, keyframe schedule, labels, scores and masks."""
+    warmed, cold = make(backend, kernel_reuse=2), make(backend, kernel_reuse=2)
+    assert warmed.warm_up() > 0
+    seen = 0
+    for frame in clip[:4]:
+        a, b = warmed.process(frame), cold.process(frame)
+        seen += len(a.instances)
+        assert a.kept_per_layer == b.kept_per_layer
+        assert [(i.track_id, i.label, i.score, i.age) for i in a.instances] == \
+               [(i.track_id, i.label, i.score, i.age) for i in b.instances]
+        for x, y in zip(a.instances, b.instances):
+            assert np.array_equal(x.mask, y.mask)
+    assert seen > 0                                   # the comparison was not between empty frames

@@ -111,9 +111,11 @@ def _processor(args: argparse.Namespace, prompts: list[str]):
     from ..runtime.processor import FrameProcessor, ProcessorConfig
 
     model = args.weights if args.backend == "torch" else args.onnx
-    return FrameProcessor(ProcessorConfig(backend=args.backend, model=model, threads=args.threads,
-                                          score_threshold=args.threshold, size=args.size, preset=args.preset),
-                          prompts)
+    processor = FrameProcessor(ProcessorConfig(backend=args.backend, model=model, threads=args.threads,
+                                               score_threshold=args.threshold, size=args.size, preset=args.preset),
+                               prompts)
+    processor.warm_up()                 # before the pipeline plays: a live source's first frame is not late
+    return processor
 
 
 def _summary(args, prompts, sink: str, stats: PipelineStats, recorder: OverlayRecorder, wall_s: float) -> dict:
