@@ -229,16 +229,18 @@ class ProjectedValues(NamedTuple):
 
 def project_many(attentions: Sequence[MSDeformAttn], value: "Tensor | deform_conv.ValueCanvas"
                  ) -> list[ProjectedValues]:
-    """Every attention's value_proj of the same values in one matmul: the transformer decoder's layers
-    all read the same memory, the bottleneck blocks the same levels. `value` is (B, C, S) channels
-    first, or a ValueCanvas (its validity channel carries the biases, so the gaps stay zero)."""
+    """Every attention's value_proj of the same values: the transformer decoder's layers all read the
+    same memory, the bottleneck blocks the same levels. `value` is (B, C, S) channels first (one
+    matmul for all), or a ValueCanvas built once (its validity channel carries the biases, so the gaps
+    stay zero; one matmul per attention)."""
+    if isinstance(value, deform_conv.ValueCanvas):
+        # one matmul each: onnxruntime's Split of a joint result would copy the canvases once more
+        layout, batch = value.layout, value.tensor.shape[0]
+        return [ProjectedValues(torch.matmul(torch.cat([a.value_proj.weight, a.value_proj.bias[:, None]], dim=1),
+                                             value.tensor).reshape(batch, -1, layout.height, layout.width), layout)
+                for a in attentions]
     weight = torch.cat([a.value_proj.weight for a in attentions])
     bias = torch.cat([a.value_proj.bias for a in attentions])
     sizes = [a.value_proj.out_features for a in attentions]
-    if isinstance(value, deform_conv.ValueCanvas):
-        layout = value.layout
-        projected = torch.matmul(torch.cat([weight, bias[:, None]], dim=1), value.tensor)
-        projected = projected.reshape(projected.shape[0], -1, layout.height, layout.width)
-        return [ProjectedValues(part, layout) for part in projected.split(sizes, dim=1)]
     projected = torch.matmul(weight, value) + bias[:, None]
     return [ProjectedValues(part) for part in projected.split(sizes, dim=1)]
