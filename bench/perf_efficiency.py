@@ -159,7 +159,8 @@ def render(data: dict, settings: Settings, load) -> str:
               f"{e.gflops / (gemm_ms / 1000):.1f} GFLOP/s ({e.gflops / (gemm_ms / 1000) / peaks[threads]:.0%} of "
               f"peak) inside those ops. The other "
               f"{total_ms - gemm_ms:.1f} ms (layout: Transpose/Concat/Reshape/Reorder*, "
-              f"sampling: DeformConv/GridSample, elementwise: Add/Mul/Div/Softmax/norms) carry no counted FLOPs: that is the biggest loss.", "",
+              f"sampling: DeformConv/GridSample, elementwise: Add/Mul/Div/Softmax/norms) carry no counted FLOPs: "
+              f"that is the biggest loss.", "",
               "Heaviest nodes:", "", "| node | op | ms per run | input shapes |", "|---|---|---|---|",
               *[f"| {name} | {op} | {ms:.2f} | {shapes} |" for name, op, ms, shapes in data["nodes"]], "",
               "### Cheap fixes tried", "", "Session options (round-robin, median ms; a variant counts when >= 5% "

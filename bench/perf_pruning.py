@@ -129,6 +129,8 @@ def render(data: dict, settings: Settings, frames: int, load) -> str:
     model = "the shipped mobius_nano" if data["trained"] else "mobius_nano with RANDOM weights (no shipped model)"
     measured, projected, floor = rows[2], rows[5], rows[6]
     large = rows[8] if len(rows) > 8 else None
+    large_text = (f"; the same projection at {LARGE}x{LARGE}: {large['vs_baseline']:.1%}, "
+                  f"{goal(large['vs_baseline'] <= 0.25)}" if large else "")
     lines = [f"Conditions: {model}, onnxruntime ({settings.threads} threads), {frames}-frame generated test clip "
              f"(288x384, 'normal', seed 11) letterboxed to {SIZE}x{SIZE}, prompted with its {len(data['prompts'])} "
              f"categories ({', '.join(data['prompts'])}); no track queries. {machine_line(load)}.", "",
@@ -153,6 +155,5 @@ def render(data: dict, settings: Settings, frames: int, load) -> str:
               f"{projected['vs_baseline']:.1%}, {goal(projected['vs_baseline'] <= 0.25)} (projection: "
               f"kept fractions by relative depth, clamped to mobius_mini_m's min_kept; with min_kept = "
               f"{floor['kept'][-1]} of {floor['kept'][0]} queries the lowest reachable is "
-              f"{floor['vs_baseline']:.1%})" + (f"; the same projection at {LARGE}x{LARGE}: {large['vs_baseline']:.1%}, "
-                                               f"{goal(large['vs_baseline'] <= 0.25)}" if large else "") + ".", ""]
+              f"{floor['vs_baseline']:.1%}){large_text}.", ""]
     return "\n".join(lines)

@@ -32,9 +32,10 @@ _STATE = {"lowered": False}
 
 @dataclass(frozen=True)
 class CanvasLayout:
-    """Where the levels sit in the canvas. The first (largest) level is the top-left block; the others
-    sit side by side in a band below it, one zero row under the first level and one zero column
-    between neighbours. Level 0 is thus copied in whole channel planes, and the band is small."""
+    """Where the levels sit in the canvas. The first level (the largest, in the models) is the top-left
+    block; the others sit side by side in a band below it, one zero row under the first level and one
+    zero column between neighbours. Level 0 is thus copied in whole channel planes, and the band is
+    small."""
     shapes: tuple[tuple[int, int], ...]
     origins: tuple[tuple[int, int], ...]   # (row, col) of each level's top-left pixel
     height: int
@@ -196,12 +197,11 @@ def _(x, offset, mask, kernel, strides, pads, offset_group):
 
 def _onnx_deform_conv_sum(x, offset, mask, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],
                           offset_group: int):
-    from onnxscript import opset18 as op
-    from onnxscript import opset19 as op19
+    from onnxscript import opset19 as op
 
     channels = x.shape[1]
     ones = op.Expand(op.Constant(value_float=1.0), op.Constant(value_ints=[channels, 1, *kernel]))
-    return op19.DeformConv(x, ones, offset, None, mask, kernel_shape=list(kernel), strides=list(strides),
+    return op.DeformConv(x, ones, offset, None, mask, kernel_shape=list(kernel), strides=list(strides),
                            pads=list(pads), group=channels, offset_group=offset_group)
 
 
@@ -212,7 +212,7 @@ def onnx_translations() -> dict:
 
 @contextlib.contextmanager
 def lowered_sampling(enabled: bool = True) -> Iterator[None]:
-    """Within this context `deform_sample` routes static-query calls through DeformConv."""
+    """Within this context MSDeformAttn samples through DeformConv wherever its query count is static."""
     previous = _STATE["lowered"]
     _STATE["lowered"] = enabled
     try:
