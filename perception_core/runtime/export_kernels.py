@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model.pixel_decoder_common import MaskFeatures
-from .export import dynamo_export
+from .export import SAMPLERS, dynamo_export
 from .io_names import MASK_INPUT_NAMES, MASK_OUTPUT_NAMES
 
 MASK_SUFFIX = ".masks.onnx"
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="trained weights (.safetensors or weights-only .pt)")
     parser.add_argument("--size", type=int, default=384, help="square input size (as the main graph)")
     parser.add_argument("--out", required=True, help="output path, by convention <model>.masks.onnx")
-    parser.add_argument("--sampler", choices=("deform_conv", "grid_sample"), default="deform_conv",
+    parser.add_argument("--sampler", choices=SAMPLERS, default="deform_conv",
                         help="deformable sampling, as for the main graph (mobius export --sampler)")
     parser.add_argument("overrides", nargs="*", help="model config overrides key=value")
     args = parser.parse_args(argv)
