@@ -54,9 +54,9 @@ def default_model(settings: Settings, frame: np.ndarray):
 def int8_dynamic(settings: Settings, onnx_path) -> Path:
     """The model with int8 weights in its MatMul/Gemm (perf_int8's dynamic variant), cached by file digest."""
     import perf_int8
-    from perf_profile import file_digest
+    from perception_core.ablation.data import file_digest
 
-    folder = settings.cache / "int8" / file_digest(onnx_path)
+    folder = settings.cache / "int8" / file_digest(Path(onnx_path))
     target = folder / "dynamic.onnx"
     if not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)

@@ -235,15 +235,15 @@ def sampler_ab(model, feed: dict, threads: int, repeats: int, warmup: int, cache
     """The default model as exported (pixel-decoder deformable attention as DeformConv, the default
     `mobius export --sampler deform_conv`) against the same weights exported with
     `--sampler grid_sample`, round-robin: median ms each, node counts, largest output difference."""
-    import numpy as np
     import onnx
-
+    from ab_onnx import output_differences
     from perf_common import code_hash
 
+    from perception_core.ablation.data import file_digest
     from perception_core.model.build import build_from_name, load_weights
     from perception_core.runtime.export import export_onnx
 
-    digest = code_hash(file_digest(model.weights))
+    digest = code_hash(file_digest(Path(model.weights)))
     portable = Path(cache) / "onnx" / f"{model.preset}_grid_sample_{digest}.onnx"
     if not portable.is_file():
         print(f"[bench] exporting {model.weights} with --sampler grid_sample ...", flush=True)
@@ -254,8 +254,10 @@ def sampler_ab(model, feed: dict, threads: int, repeats: int, warmup: int, cache
     paths = {"grid_sample": portable, "deform_conv": Path(model.onnx)}
     sessions = {name: onnx_session(path, threads) for name, path in paths.items()}
     outputs = {name: session.run(None, feed) for name, session in sessions.items()}
-    difference = max(float(np.abs(a - b).max()) for a, b in zip(outputs["grid_sample"], outputs["deform_conv"])
-                     if a.shape == b.shape and a.size)
+    names = [output.name for output in sessions["deform_conv"].get_outputs()]
+    differences = output_differences(outputs["grid_sample"], outputs["deform_conv"], names)
+    # outputs of different shapes (a query kept by one graph only) are left out, as before
+    difference = max(v for v in differences.values() if not isinstance(v, str))
     timings = time_interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, repeats, warmup,
                                BLOCK)
     ops = {name: [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
@@ -263,12 +265,6 @@ def sampler_ab(model, feed: dict, threads: int, repeats: int, warmup: int, cache
     return {"ms": {k: t.median for k, t in timings.items()}, "max_abs_difference": difference,
             "nodes": {k: len(v) for k, v in ops.items()},
             "sampling_nodes": {k: {op: v.count(op) for op in ("GridSample", "DeformConv")} for k, v in ops.items()}}
-
-
-def file_digest(path: str | Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def op_table(stats: list[OpStat], top: int = 12) -> list[str]:

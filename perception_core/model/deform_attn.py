@@ -187,13 +187,13 @@ class MSDeformAttn(nn.Module):
         """
         batch, queries, _ = query.shape
         heads, levels, points = self.heads, self.levels, self.points
+        weights = _per_head(query, self.attention_weights, heads).softmax(-1)   # (B, heads, Q, L*P)
         if reference_points.shape[-1] == 2 and deform_conv.is_lowered(queries):
             if isinstance(value, ProjectedValues) and value.layout is not None:
                 canvas, layout = value.tensor, value.layout
             else:
                 layout = deform_conv.canvas_layout(spatial_shapes)
                 canvas = deform_conv.to_canvas(self._projected(value, channels_first), layout)
-            weights = _per_head(query, self.attention_weights, heads).softmax(-1)
             out = deform_conv.lowered_sample(query, self.sampling_offsets, canvas, layout, reference_points, heads,
                                              points, weights)
             return self.output_proj(out.transpose(1, 2))
@@ -215,7 +215,6 @@ class MSDeformAttn(nn.Module):
             grids = base + offsets * sizes
         else:
             raise ValueError(f"reference_points last dim must be 2 or 4, got {reference_points.shape[-1]}")
-        weights = _per_head(query, self.attention_weights, heads).softmax(-1)   # (B, heads, Q, L*P)
         out = deform_sample(value, spatial_shapes, grids, weights)              # (B, dim, Q)
         return self.output_proj(out.transpose(1, 2))
 
