@@ -158,3 +158,31 @@ def test_onnxruntime_deform_conv_matches_torch(tmp_path, shapes, queries):
     for path in paths.values():
         got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-4 * float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_bottleneck_pixel_decoder_lowered_equals_grid_sample_float64(batch):
+    """The whole pixel decoder, its canvas built from the level maps with their embeddings added per
+    level, against the flat grid_sample path."""
+    from perception_core.model.pixel_decoder_bottleneck import BottleneckPixelDecoder
+    from perception_core.model.pixel_decoder_common import TextContext
+
+    torch.manual_seed(0)
+    decoder = BottleneckPixelDecoder(32, num_blocks=2, heads=4, points=3, ffn_dim=48).double().eval()
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for block in decoder.blocks:
+            block.cross_attn.sampling_offsets.weight.normal_(0, 3, generator=generator)
+            block.cross_attn.value_proj.bias.normal_(0, 1, generator=generator)
+    pyramid = [torch.randn(batch, 32, h, w, generator=generator, dtype=torch.float64)
+               for h, w in [(12, 10), (6, 5), (3, 3), (2, 2)]]
+    s2 = torch.randn(batch, 32, 24, 20, generator=generator, dtype=torch.float64)
+    text = TextContext(torch.randn(batch, 5, 32, generator=generator, dtype=torch.float64),
+                       torch.tensor([[False, False, False, True, True]]))
+    with torch.no_grad():
+        expected = decoder(s2, pyramid, text)
+        with deform_conv.lowered_sampling():
+            lowered = decoder(s2, pyramid, text)
+    torch.testing.assert_close(lowered.selection_tokens, expected.selection_tokens, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lowered.memory[0], expected.memory[0], rtol=1e-10, atol=1e-10)
+    assert float(expected.selection_tokens.std()) > 0.5

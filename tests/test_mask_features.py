@@ -1,11 +1,12 @@
 """Factored mask features: masks read without forming the stride-4 maps equal the dense reads."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from perception_core.model.build import build_from_name
 from perception_core.model.neck import NormedProjection
-from perception_core.model.pixel_decoder_common import MaskFeatures
+from perception_core.model.pixel_decoder_common import MaskFeatures, linear_resize_matrix
 
 
 def _normed_projection(batch=2, cin=5, channels=12, groups=4, size=(7, 9), seed=0) -> NormedProjection:
@@ -66,3 +67,16 @@ def test_deployed_masks_equal_training_graph_masks():
     assert "aux_outputs" in dense and "aux_outputs" not in factored
     assert torch.equal(dense["kept_indices"], factored["kept_indices"])
     torch.testing.assert_close(factored["pred_masks"], dense["pred_masks"], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("size_in,size_out", [(24, 96), (6, 24), (7, 9), (5, 5), (9, 4)])
+def test_linear_resize_matrix_is_interpolate_float64(size_in, size_out):
+    """U_h x U_w^T is F.interpolate's bilinear resize (borders clamped, align_corners=False), and every
+    row sums to 1, which MaskFeatures.read relies on to add per-kernel constants before upsampling."""
+    g = torch.Generator().manual_seed(5)
+    maps = torch.randn(2, 3, size_in, size_in + 2, generator=g, dtype=torch.float64)
+    rows = linear_resize_matrix(size_in, size_out, maps)
+    cols = linear_resize_matrix(size_in + 2, size_out + 3, maps)
+    expected = F.interpolate(maps, size=(size_out, size_out + 3), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(rows @ maps @ cols.t(), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rows.sum(1), torch.ones(size_out, dtype=torch.float64), rtol=0, atol=1e-12)

@@ -41,7 +41,8 @@ def deform_sample(value: Tensor, spatial_shapes: list[tuple[int, int]], grids: T
     """
     batch, heads, queries, levels, points, _ = grids.shape
     head_dim = value.shape[1] // heads
-    value_levels = value.split([h * w for h, w in spatial_shapes], dim=2)
+    # one level (the decoder's single memory): no split, which onnxruntime would copy
+    value_levels = value.split([h * w for h, w in spatial_shapes], dim=2) if levels > 1 else [value]
     grids = grids.reshape(batch * heads, queries, levels, points, 2)
     weights = weights.reshape(batch * heads, 1, queries, levels, points)
     total = None
@@ -229,17 +230,12 @@ class ProjectedValues(NamedTuple):
 def project_many(attentions: Sequence[MSDeformAttn], value: "Tensor | deform_conv.ValueCanvas"
                  ) -> list[ProjectedValues]:
     """Every attention's value_proj of the same values: the transformer decoder's layers all read the
-    same memory, the bottleneck blocks the same levels. `value` is (B, C, S) channels first (one
-    matmul for all), or a ValueCanvas built once (its validity channel carries the biases, so the gaps
-    stay zero; one matmul per attention)."""
-    if isinstance(value, deform_conv.ValueCanvas):
-        # one matmul each: onnxruntime's Split of a joint result would copy the canvases once more
-        layout, batch = value.layout, value.tensor.shape[0]
-        return [ProjectedValues(torch.matmul(torch.cat([a.value_proj.weight, a.value_proj.bias[:, None]], dim=1),
-                                             value.tensor).reshape(batch, -1, layout.height, layout.width), layout)
-                for a in attentions]
-    weight = torch.cat([a.value_proj.weight for a in attentions])
-    bias = torch.cat([a.value_proj.bias for a in attentions])
-    sizes = [a.value_proj.out_features for a in attentions]
-    projected = torch.matmul(weight, value) + bias[:, None]
-    return [ProjectedValues(part) for part in projected.split(sizes, dim=1)]
+    same memory, the bottleneck blocks the same levels. `value` is (B, C, S) channels first, or a
+    ValueCanvas built once. One matmul per attention: onnxruntime's Split of a joint result would
+    copy every projection once more."""
+    if not isinstance(value, deform_conv.ValueCanvas):
+        return [ProjectedValues(a.project_values(value, channels_first=True)) for a in attentions]
+    layout, batch = value.layout, value.tensor.shape[0]
+    return [ProjectedValues(torch.matmul(torch.cat([a.value_proj.weight, a.value_proj.bias[:, None]], dim=1),
+                                         value.tensor).reshape(batch, -1, layout.height, layout.width), layout)
+            for a in attentions]

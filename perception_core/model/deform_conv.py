@@ -87,19 +87,24 @@ def conv_geometry(layout: CanvasLayout, queries: int, taps: int) -> ConvGeometry
 def to_canvas(value: Tensor, layout: CanvasLayout) -> Tensor:
     """(B, C, S) channels-first values of all levels -> (B, C, height, width) zero-gapped canvas."""
     batch, channels, _ = value.shape
-    levels = [level.reshape(batch, channels, h, w)
-              for level, (h, w) in zip(value.split([h * w for h, w in layout.shapes], 2), layout.shapes)]
+    return levels_to_canvas([level.reshape(batch, channels, h, w) for level, (h, w)
+                             in zip(value.split([h * w for h, w in layout.shapes], 2), layout.shapes)], layout)
+
+
+def levels_to_canvas(levels: Sequence[Tensor], layout: CanvasLayout) -> Tensor:
+    """[(B, C, H_l, W_l)] level maps -> (B, C, height, width) zero-gapped canvas."""
     first = levels[0]
     if first.shape[-1] < layout.width:
         first = F.pad(first, (0, layout.width - first.shape[-1]))
     if len(levels) == 1:
         return first
-    band = [F.pad(level, (0, 1 if i < len(levels) - 2 else 0, 1, layout.band_height - 1 - level.shape[-2]))
-            for i, level in enumerate(levels[1:])]
-    band = torch.cat(band, dim=3)
-    if band.shape[-1] < layout.width:
-        band = F.pad(band, (0, layout.width - band.shape[-1]))
-    return torch.cat([first, band], dim=2)
+    band = []
+    for index, level in enumerate(levels[1:], start=1):
+        _, column = layout.origins[index]
+        # the zero column after each level; the last one's pad fills the band to the canvas width
+        right = 1 if index < len(levels) - 1 else layout.width - column - level.shape[-1]
+        band.append(F.pad(level, (0, right, 1, layout.band_height - 1 - level.shape[-2])))
+    return torch.cat([first, torch.cat(band, dim=3)], dim=2)
 
 
 class ValueCanvas(NamedTuple):
@@ -112,12 +117,21 @@ class ValueCanvas(NamedTuple):
     layout: CanvasLayout
 
     @staticmethod
+    def from_levels(levels: Sequence[Tensor]) -> "ValueCanvas":
+        """[(B, C, H_l, W_l)] unprojected level maps -> canvas with the validity channel."""
+        layout = canvas_layout([(int(f.shape[-2]), int(f.shape[-1])) for f in levels])
+        batch = levels[0].shape[0]
+        valid = to_canvas(levels[0].new_ones(1, 1, sum(h * w for h, w in layout.shapes)), layout)
+        canvas = torch.cat([levels_to_canvas(levels, layout), valid.expand(batch, -1, -1, -1)], dim=1)
+        return ValueCanvas(canvas.flatten(2), layout)
+
+    @staticmethod
     def build(value: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> "ValueCanvas":
         """(B, C, S) channels-first unprojected values -> canvas with the validity channel."""
-        layout = canvas_layout(spatial_shapes)
-        ones = value.new_ones(value.shape[0], 1, value.shape[2])
-        canvas = to_canvas(torch.cat([value, ones], dim=1), layout)
-        return ValueCanvas(canvas.flatten(2), layout)
+        batch, channels, _ = value.shape
+        sizes = [h * w for h, w in spatial_shapes]
+        return ValueCanvas.from_levels([level.reshape(batch, channels, h, w) for level, (h, w)
+                                        in zip(value.split(sizes, 2), spatial_shapes)])
 
 
 def lowered_sample(query: Tensor, sampling_offsets: nn.Linear, canvas: Tensor, layout: CanvasLayout,

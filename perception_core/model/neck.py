@@ -41,6 +41,12 @@ class NormedProjection(NamedTuple):
 
     def read(self, kernels: Tensor) -> Tensor:
         """(B, N, C) kernels -> (B, N, H, W) kernels . GN(W x)."""
+        pixel, constant = self.read_parts(kernels)
+        return (pixel + constant).view(kernels.shape[0], -1, *self.inputs.shape[-2:])
+
+    def read_parts(self, kernels: Tensor) -> tuple[Tensor, Tensor]:
+        """`read` as its per-pixel part (B, N, H*W) and its per-kernel constant (B, N, 1), whose sum
+        it is: a caller with another per-kernel constant adds both where it is cheapest."""
         batch, channels, height, width = self.shape
         groups = self.norm.num_groups
         x = self.inputs.flatten(2)                                                  # (B, Cin, P)
@@ -59,7 +65,7 @@ class NormedProjection(NamedTuple):
         # k . beta - sum_c k_c gamma_c mu_g / sigma_g, as (B, N, 1) matmuls (onnxruntime also takes N = 0)
         constant = torch.matmul(kernels, self.norm.bias[:, None]) - torch.matmul(scaled, shift[:, :, None])
         pixel = torch.matmul(torch.matmul(scaled, self.weight), x)                 # (B, N, P)
-        return (pixel + constant).view(batch, -1, height, width)
+        return pixel, constant
 
 
 class InputProjection(nn.Module):

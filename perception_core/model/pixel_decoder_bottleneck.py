@@ -82,18 +82,23 @@ class BottleneckPixelDecoder(nn.Module):
     def forward(self, s2: Tensor | NormedProjection, pyramid: list[Tensor], text: TextContext) -> PixelDecoderOutput:
         """s2: (B,C,H/4,W/4); pyramid: [S3,S4,S5,S6] each (B,C,h,w); text tokens (B,T,C)."""
         batch, dim, height, width = pyramid[self.bottleneck_level].shape
-        levels = torch.cat([f.flatten(2) for f in pyramid], dim=2)                   # (B, C, S)
         level_shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in pyramid]
+        device, dtype = pyramid[0].device, pyramid[0].dtype
         # Values carry their level embedding so the cross-attention can tell scales apart.
-        levels = levels + level_position_embeddings(level_shapes, dim, self.level_embed,
-                                                    levels.device, levels.dtype).transpose(0, 1)
-        pos = sine_position_embedding(height, width, dim, levels.device, levels.dtype)
+        embed = level_position_embeddings(level_shapes, dim, self.level_embed, device, dtype).transpose(0, 1)
+        values: Tensor | deform_conv.ValueCanvas
+        if deform_conv.is_lowered(height * width):
+            # export: each level map gets its embedding and goes into one canvas that every block's
+            # DeformConv reads (never flattened, concatenated and split again)
+            parts = embed.split([h * w for h, w in level_shapes], dim=1)
+            values = deform_conv.ValueCanvas.from_levels([f + e.view(dim, h, w) for f, e, (h, w)
+                                                          in zip(pyramid, parts, level_shapes)])
+        else:
+            values = torch.cat([f.flatten(2) for f in pyramid], dim=2) + embed                 # (B, C, S)
+        pos = sine_position_embedding(height, width, dim, device, dtype)
         pos = pos + self.level_embed[self.bottleneck_level]
-        ref_points = reference_grid([(height, width)], levels.device, levels.dtype)
+        ref_points = reference_grid([(height, width)], device, dtype)
         bottleneck = pyramid[self.bottleneck_level].flatten(2).transpose(1, 2)        # (B, N, C)
-        values: Tensor | deform_conv.ValueCanvas = levels
-        if deform_conv.is_lowered(height * width):     # export: every block's DeformConv reads one canvas
-            values = deform_conv.ValueCanvas.build(levels, level_shapes)
         projected = project_many([block.cross_attn for block in self.blocks], values)
         for block, block_values in zip(self.blocks, projected):
             bottleneck, text = block(bottleneck, pos, text, (height, width), block_values, level_shapes, ref_points)
@@ -104,7 +109,7 @@ class BottleneckPixelDecoder(nn.Module):
         return PixelDecoderOutput(
             memory=memory,
             selection_tokens=bottleneck,
-            selection_anchors=token_anchors([(height, width)], [self.stride], levels.device, levels.dtype),
+            selection_anchors=token_anchors([(height, width)], [self.stride], device, dtype),
             mask_features=self.mask_head(enhanced, s2),
             text=text,
         )

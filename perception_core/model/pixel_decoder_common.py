@@ -82,18 +82,37 @@ class MaskFeatures(NamedTuple):
         return F.conv2d(up + fine, self.weight[:, :, None, None], self.bias)
 
     def read(self, kernels: Tensor) -> Tensor:
-        """(B, N, C) mask kernels -> (B, N, H, W) mask logits kernels . M."""
+        """(B, N, C) kernels -> (B, N, H, W) mask logits kernels . M.
+
+        The per-kernel constants (q . b, and the factored S2's) are added at the coarse scale: the
+        bilinear weights of every output pixel sum to 1, so upsampling carries them over unchanged,
+        and a full-resolution add is saved. The upsampling itself is two small matmuls with
+        `linear_resize_matrix` (onnxruntime's Resize took 0.34 ms for 20 masks of 24 -> 96 px)."""
         batch, queries, _ = kernels.shape
         height, width = self.coarse.shape[-2:]
+        out_height, out_width = self.fine.shape[-2:]
         projected = torch.matmul(kernels, self.weight)                                   # (B, N, C)
-        low = torch.matmul(projected, self.coarse.flatten(2)).view(batch, queries, height, width)
-        up = F.interpolate(low, size=self.fine.shape[-2:], mode="bilinear", align_corners=False)
-        if isinstance(self.fine, NormedProjection):
-            high = self.fine.read(projected)
-        else:
-            high = torch.matmul(projected, self.fine.flatten(2)).view_as(up)
         # (B, N, C) @ (C, 1): a matrix, not a vector, so onnxruntime also takes N = 0 (all pruned)
-        return up + high + torch.matmul(kernels, self.bias[:, None])[..., None]
+        constant = torch.matmul(kernels, self.bias[:, None])                             # (B, N, 1)
+        if isinstance(self.fine, NormedProjection):
+            high, fine_constant = self.fine.read_parts(projected)                         # (B, N, H*W)
+            constant = constant + fine_constant
+        else:
+            high = torch.matmul(projected, self.fine.flatten(2))
+        low = (torch.matmul(projected, self.coarse.flatten(2)) + constant).view(batch, queries, height, width)
+        # rows expanded to (B, N, H, h): onnxruntime's MatMul will not broadcast a matrix over N = 0
+        rows = linear_resize_matrix(height, out_height, low).expand(batch, queries, -1, -1)
+        cols = linear_resize_matrix(width, out_width, low)                              # (W, w)
+        up = torch.matmul(rows, torch.matmul(low, cols.t()))                            # (B, N, H, W)
+        return up + high.view(batch, queries, out_height, out_width)
+
+
+def linear_resize_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:
+    """(size_out, size_in) U with U @ x the 1-D linear resize F.interpolate(align_corners=False) computes,
+    so bilinear resizing of (..., h, w) maps is U_h @ x @ U_w^T. Each row holds the two weights of one
+    output pixel (one at the clamped borders) and sums to 1. A constant of the exported graph."""
+    eye = torch.eye(size_in, dtype=like.dtype, device=like.device)[:, None]             # (in, 1, in)
+    return F.interpolate(eye, size=size_out, mode="linear", align_corners=False)[:, 0].t()
 
 
 class MaskFeatureHead(nn.Module):
