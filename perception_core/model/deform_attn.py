@@ -188,16 +188,16 @@ class MSDeformAttn(nn.Module):
         """
         batch, queries, _ = query.shape
         heads, levels, points = self.heads, self.levels, self.points
-        weights = _per_head(query, self.attention_weights, heads).softmax(-1)   # (B, heads, Q, L*P)
         if reference_points.shape[-1] == 2 and deform_conv.is_lowered(queries):
             if isinstance(value, ProjectedValues) and value.layout is not None:
                 canvas, layout = value.tensor, value.layout
             else:
                 layout = deform_conv.canvas_layout(spatial_shapes)
                 canvas = deform_conv.to_canvas(self._projected(value, channels_first), layout)
-            out = deform_conv.lowered_sample(query, self.sampling_offsets, canvas, layout, reference_points, heads,
-                                             points, weights)
+            out = deform_conv.lowered_sample(query, self.sampling_offsets, self.attention_weights, canvas, layout,
+                                             reference_points, heads, points)
             return self.output_proj(out.transpose(1, 2))
+        weights = _per_head(query, self.attention_weights, heads).softmax(-1)   # (B, heads, Q, L*P)
         value = self._projected(value, channels_first)
         if reference_points.shape[-1] == 2:
             # grid = 2 * (reference + offset / (W_l, H_l)) - 1: the 2 / size factor goes into the weights

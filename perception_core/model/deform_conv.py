@@ -134,47 +134,50 @@ class ValueCanvas(NamedTuple):
                                         in zip(value.split(sizes, 2), spatial_shapes)])
 
 
-def lowered_sample(query: Tensor, sampling_offsets: nn.Linear, canvas: Tensor, layout: CanvasLayout,
-                   reference_points: Tensor, heads: int, points: int, weights: Tensor) -> Tensor:
+def lowered_sample(query: Tensor, sampling_offsets: nn.Linear, attention_weights: nn.Linear, canvas: Tensor,
+                   layout: CanvasLayout, reference_points: Tensor, heads: int, points: int) -> Tensor:
     """MSDeformAttn's sampling with 2-d reference points through `mobius::deform_conv_sum`.
 
     Args:
-        query: (B, Q, dim) with position embedding; sampling_offsets: the module's offset linear, whose
-            outputs are pixel offsets per (head, level, point, xy).
+        query: (B, Q, dim) with position embedding; sampling_offsets / attention_weights: the module's
+            linears (offsets in pixels per (head, level, point, xy); weight logits per (head, level, point)).
         canvas: (B, heads * C_h, height, width) projected values in `layout` (`to_canvas`,
-            `deform_attn.project_many`); reference_points: (B, Q, L, 2) xy in [0, 1];
-            weights: (B, heads, Q, L * P) attention weights.
+            `deform_attn.project_many`); reference_points: (B, Q, L, 2) xy in [0, 1].
     Returns:
         (B, heads * C_h, Q), what `deform_attn.deform_sample` returns.
 
-    The linear is applied with its rows reordered to (y, x) and the reference's canvas position added
-    to its bias, so it yields canvas pixels directly; clamping and the DeformConv base positions are
-    three same-layout elementwise ops, and one transpose each gives DeformConv's
-    (group, tap, [y, x], rows, cols) offsets and (group, tap, rows, cols) mask.
+    Offsets and weights are computed transposed, (B, heads, taps [x 2], Q), which is DeformConv's
+    (group, tap, [y, x], rows, cols) order with the queries on the output grid: a free reshape, no
+    transpose of either. The offset linear is applied with its rows reordered to (y, x) and the
+    reference's canvas position added to its bias, so it yields canvas pixels directly; clamping and
+    the DeformConv base positions are three same-layout elementwise ops.
     """
     batch, queries, _ = query.shape
     levels = len(layout.shapes)
     taps = levels * points
     geometry = conv_geometry(layout, queries, taps)
     dtype, device = query.dtype, query.device
+    columns = query.transpose(1, 2)[:, None]                                                  # (B, 1, dim, Q)
+    logits = torch.matmul(attention_weights.weight.view(heads, taps, -1), columns)
+    weights = (logits + attention_weights.bias.view(heads, taps, 1)).softmax(2)             # (B, heads, K, Q)
     size = torch.tensor(layout.shapes, dtype=dtype, device=device)                           # (L, 2) yx
     origin = torch.tensor(layout.origins, dtype=dtype, device=device)
     weight = sampling_offsets.weight.view(heads, levels, points, 2, -1).flip(3).reshape(heads, taps * 2, -1)
-    bias = sampling_offsets.bias.view(heads, levels, points, 2).flip(3).reshape(heads, 1, taps * 2)
+    bias = sampling_offsets.bias.view(heads, levels, points, 2).flip(3).reshape(heads, taps * 2, 1)
     start = reference_points.flip(-1) * size - 0.5 + origin                                  # (B, Q, L, yx)
-    start = start[:, :, :, None].expand(-1, -1, -1, points, -1).reshape(batch, 1, queries, taps * 2)
-    position = torch.matmul(query[:, None], weight.transpose(1, 2)) + (bias + start)         # (B, heads, Q, K*2)
+    start = start[:, :, :, None].expand(-1, -1, -1, points, -1).reshape(batch, queries, taps * 2)
+    position = torch.matmul(weight, columns) + (bias + start.transpose(1, 2)[:, None])       # (B, heads, K*2, Q)
     if levels > 1:                                   # stay inside the level and its zero border
-        per_column = lambda t: t[:, None].expand(-1, points, -1).reshape(-1)                   # noqa: E731
-        position = torch.minimum(torch.maximum(position, per_column(origin - 1)), per_column(origin + size))
+        per_row = lambda t: t[:, None].expand(-1, points, -1).reshape(-1, 1)                    # noqa: E731
+        position = torch.minimum(torch.maximum(position, per_row(origin - 1)), per_row(origin + size))
     rows, cols = geometry.out_hw
     base_y = torch.arange(rows, dtype=dtype, device=device) * geometry.strides[0] - geometry.pads[0]
     base_x = torch.arange(cols, dtype=dtype, device=device) * geometry.strides[1] - geometry.pads[1]
     base = torch.stack([base_y[:, None, None].expand(-1, cols, taps),
                         (base_x[:, None] + torch.arange(taps, dtype=dtype, device=device)).expand(rows, -1, -1)],
                        dim=-1)                                                                   # (rows, cols, K, yx)
-    offset = (position - base.reshape(queries, taps * 2)).transpose(2, 3).reshape(batch, heads * taps * 2, rows, cols)
-    mask = weights.transpose(2, 3).reshape(batch, heads * taps, rows, cols)
+    offset = (position - base.reshape(queries, taps * 2).t()).reshape(batch, heads * taps * 2, rows, cols)
+    mask = weights.reshape(batch, heads * taps, rows, cols)
     out = torch.ops.mobius.deform_conv_sum(canvas, offset, mask, [1, taps], list(geometry.strides),
                                             list(geometry.pads), heads)
     return out.reshape(batch, canvas.shape[1], queries)
