@@ -6,7 +6,7 @@ from torch import nn
 
 from perception_core.model.build import build_from_name
 from perception_core.model.neck import NormedProjection
-from perception_core.model.pixel_decoder_common import MaskFeatures, linear_resize_matrix
+from perception_core.model.pixel_decoder_common import MaskFeatures, linear_resize_matrix, resize_as_matmul
 
 
 def _normed_projection(batch=2, cin=5, channels=12, groups=4, size=(7, 9), seed=0) -> NormedProjection:
@@ -33,8 +33,9 @@ def test_normed_projection_read_equals_kernels_dot_groupnorm_float64():
     torch.testing.assert_close(fine.read(kernels), expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("as_matmul", [False, True])
 @pytest.mark.parametrize("factored_fine", [False, True])
-def test_mask_features_read_equals_dense_map_float64(factored_fine):
+def test_mask_features_read_equals_dense_map_float64(factored_fine, as_matmul):
     """upsample((kW) . coarse) + (kW) . fine + k . b == k . (W (upsample(coarse) + fine) + b)."""
     g = torch.Generator().manual_seed(1)
     fine = _normed_projection(seed=2)
@@ -48,7 +49,9 @@ def test_mask_features_read_equals_dense_map_float64(factored_fine):
     kernels = torch.randn(2, 5, 12, dtype=torch.float64)
     expected = torch.einsum("bnc,bchw->bnhw", kernels, features.dense())
     assert features.dense().shape == (2, 12, 7, 9)
-    torch.testing.assert_close(features.read(kernels), expected, rtol=1e-10, atol=1e-10)
+    with resize_as_matmul(as_matmul):
+        read = features.read(kernels)
+    torch.testing.assert_close(read, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_deployed_masks_equal_training_graph_masks():

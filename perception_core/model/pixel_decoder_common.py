@@ -1,7 +1,8 @@
 """Types and heads shared by all pixel decoders (ours and the baselines)."""
 from __future__ import annotations
 
-from typing import NamedTuple
+import contextlib
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -86,8 +87,9 @@ class MaskFeatures(NamedTuple):
 
         The per-kernel constants (q . b, and the factored S2's) are added at the coarse scale: the
         bilinear weights of every output pixel sum to 1, so upsampling carries them over unchanged,
-        and a full-resolution add is saved. The upsampling itself is two small matmuls with
-        `linear_resize_matrix` (onnxruntime's Resize took 0.34 ms for 20 masks of 24 -> 96 px)."""
+        and a full-resolution add is saved. In an export (`resize_as_matmul`) the upsampling is two
+        small matmuls with `linear_resize_matrix` (onnxruntime's Resize took 0.34 ms for 20 masks of
+        24 -> 96 px); eagerly, and so for count_flops, which counts no interpolation, F.interpolate."""
         batch, queries, _ = kernels.shape
         height, width = self.coarse.shape[-2:]
         out_height, out_width = self.fine.shape[-2:]
@@ -100,11 +102,29 @@ class MaskFeatures(NamedTuple):
         else:
             high = torch.matmul(projected, self.fine.flatten(2))
         low = (torch.matmul(projected, self.coarse.flatten(2)) + constant).view(batch, queries, height, width)
-        # rows expanded to (B, N, H, h): onnxruntime's MatMul will not broadcast a matrix over N = 0
-        rows = linear_resize_matrix(height, out_height, low).expand(batch, queries, -1, -1)
-        cols = linear_resize_matrix(width, out_width, low)                              # (W, w)
-        up = torch.matmul(rows, torch.matmul(low, cols.t()))                            # (B, N, H, W)
+        if _RESIZE["matmul"]:
+            # rows expanded to (B, N, H, h): onnxruntime's MatMul will not broadcast a matrix over N = 0
+            rows = linear_resize_matrix(height, out_height, low).expand(batch, queries, -1, -1)
+            cols = linear_resize_matrix(width, out_width, low)                          # (W, w)
+            up = torch.matmul(rows, torch.matmul(low, cols.t()))                        # (B, N, H, W)
+        else:
+            up = F.interpolate(low, size=(out_height, out_width), mode="bilinear", align_corners=False)
         return up + high.view(batch, queries, out_height, out_width)
+
+
+_RESIZE = {"matmul": False}
+
+
+@contextlib.contextmanager
+def resize_as_matmul(enabled: bool = True) -> Iterator[None]:
+    """Within this context MaskFeatures.read upsamples with matmuls (`linear_resize_matrix`): the
+    ONNX export's graph (runtime/export.dynamo_export). Same result as F.interpolate."""
+    previous = _RESIZE["matmul"]
+    _RESIZE["matmul"] = enabled
+    try:
+        yield
+    finally:
+        _RESIZE["matmul"] = previous
 
 
 def linear_resize_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:
