@@ -56,17 +56,15 @@ class LanguageGuidedQuerySelection(nn.Module):
         """
         memory = self.norm(self.proj(tokens))
         logits = self.classifier(memory, prompts)                                    # (B, S, P)
+        boxes = (self.box_head(memory) + inverse_sigmoid(anchors)).sigmoid()          # (B, S, 4)
         k = min(self.num_queries + extra, int(tokens.shape[1]))
         scores = logits.max(dim=-1).values                                           # Eq. 2a
         indices = scores.topk(k, dim=1).indices                                      # Eq. 2c
-        selected = _gather(memory, indices)                                          # (B, K', C)
-        # boxes of the selected tokens only: the MLP is row-wise, so this is exact and K'/S of the work
-        boxes = (self.box_head(selected) + inverse_sigmoid(anchors)[indices]).sigmoid()  # (B, K', 4)
         return {
-            "queries": selected.detach(),
-            "boxes": boxes.detach(),
+            "queries": _gather(memory, indices).detach(),
+            "boxes": _gather(boxes, indices).detach(),
             "enc_logits": _gather(logits, indices),
-            "enc_boxes": boxes,
+            "enc_boxes": _gather(boxes, indices),
             "indices": indices,
         }
 
