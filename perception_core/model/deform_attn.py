@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import deform_conv
+from .layers import linear_channels_first
 
 
 def deform_sample(value: Tensor, spatial_shapes: list[tuple[int, int]], grids: Tensor, weights: Tensor) -> Tensor:
@@ -162,7 +163,7 @@ class MSDeformAttn(nn.Module):
         """value_proj of (B, S, dim) tokens, or of (B, dim, S) channels-first maps (a 1x1 convolution
         written as a matmul, so no transpose is needed): (B, dim, S) either way."""
         if channels_first:
-            return torch.matmul(self.value_proj.weight, value) + self.value_proj.bias[:, None]
+            return linear_channels_first(self.value_proj, value)
         return self.value_proj(value).transpose(1, 2)
 
     def _projected(self, value: "Tensor | ProjectedValues", channels_first: bool) -> Tensor:
@@ -173,10 +174,12 @@ class MSDeformAttn(nn.Module):
         return self.project_values(value, channels_first)
 
     def forward(self, query: Tensor, reference_points: Tensor, value: "Tensor | ProjectedValues",
-                spatial_shapes: list[tuple[int, int]], channels_first: bool = False) -> Tensor:
+                spatial_shapes: list[tuple[int, int]], channels_first: bool = False,
+                query_channels_first: bool = False) -> Tensor:
         """
         Args:
-            query: (B, Q, dim) with position embedding already added.
+            query: (B, Q, dim) with position embedding already added; with `query_channels_first`,
+                (B, dim, Q) (the bottleneck's maps), and the result is (B, dim, Q) too.
             reference_points: (B, Q, L, 2) points in [0, 1] xy, or (B, Q, L, 4) boxes cxcywh in [0, 1]
                 (offsets are then scaled by half the box size, as in Deformable-DETR's 2-stage mode).
             value: (B, S, dim) flattened features of all levels, S = sum(H_l * W_l); with
@@ -184,9 +187,17 @@ class MSDeformAttn(nn.Module):
                 `ProjectedValues` from `project_many` (a canvas only when sampling is lowered).
             spatial_shapes: [(H_l, W_l)] python ints.
         Returns:
-            (B, Q, dim)
+            (B, Q, dim), or (B, dim, Q) with `query_channels_first`.
         """
-        batch, queries, _ = query.shape
+        out = self._sample(query, reference_points, value, spatial_shapes, channels_first, query_channels_first)
+        if query_channels_first:
+            return linear_channels_first(self.output_proj, out)
+        return self.output_proj(out.transpose(1, 2))
+
+    def _sample(self, query: Tensor, reference_points: Tensor, value: "Tensor | ProjectedValues",
+                spatial_shapes: list[tuple[int, int]], channels_first: bool, query_channels_first: bool) -> Tensor:
+        """The attention-weighted samples before output_proj: (B, dim, Q)."""
+        queries = query.shape[2] if query_channels_first else query.shape[1]
         heads, levels, points = self.heads, self.levels, self.points
         if reference_points.shape[-1] == 2 and deform_conv.is_lowered(queries):
             if isinstance(value, ProjectedValues) and value.layout is not None:
@@ -194,9 +205,11 @@ class MSDeformAttn(nn.Module):
             else:
                 layout = deform_conv.canvas_layout(spatial_shapes)
                 canvas = deform_conv.to_canvas(self._projected(value, channels_first), layout)
-            out = deform_conv.lowered_sample(query, self.sampling_offsets, self.attention_weights, canvas, layout,
-                                             reference_points, heads, points)
-            return self.output_proj(out.transpose(1, 2))
+            return deform_conv.lowered_sample(query, self.sampling_offsets, self.attention_weights, canvas, layout,
+                                              reference_points, heads, points, query_channels_first)
+        if query_channels_first:
+            query = query.transpose(1, 2)
+        batch = query.shape[0]
         weights = _per_head(query, self.attention_weights, heads).softmax(-1)   # (B, heads, Q, L*P)
         value = self._projected(value, channels_first)
         if reference_points.shape[-1] == 2:
@@ -216,8 +229,7 @@ class MSDeformAttn(nn.Module):
             grids = base + offsets * sizes
         else:
             raise ValueError(f"reference_points last dim must be 2 or 4, got {reference_points.shape[-1]}")
-        out = deform_sample(value, spatial_shapes, grids, weights)              # (B, dim, Q)
-        return self.output_proj(out.transpose(1, 2))
+        return deform_sample(value, spatial_shapes, grids, weights)             # (B, dim, Q)
 
 
 class ProjectedValues(NamedTuple):

@@ -135,11 +135,13 @@ class ValueCanvas(NamedTuple):
 
 
 def lowered_sample(query: Tensor, sampling_offsets: nn.Linear, attention_weights: nn.Linear, canvas: Tensor,
-                   layout: CanvasLayout, reference_points: Tensor, heads: int, points: int) -> Tensor:
+                   layout: CanvasLayout, reference_points: Tensor, heads: int, points: int,
+                   query_channels_first: bool = False) -> Tensor:
     """MSDeformAttn's sampling with 2-d reference points through `mobius::deform_conv_sum`.
 
     Args:
-        query: (B, Q, dim) with position embedding; sampling_offsets / attention_weights: the module's
+        query: (B, Q, dim) with position embedding, or (B, dim, Q) with `query_channels_first` (no
+            transpose then); sampling_offsets / attention_weights: the module's
             linears (offsets in pixels per (head, level, point, xy); weight logits per (head, level, point)).
         canvas: (B, heads * C_h, height, width) projected values in `layout` (`to_canvas`,
             `deform_attn.project_many`); reference_points: (B, Q, L, 2) xy in [0, 1].
@@ -149,34 +151,40 @@ def lowered_sample(query: Tensor, sampling_offsets: nn.Linear, attention_weights
     Offsets and weights are computed transposed, (B, heads, taps [x 2], Q), which is DeformConv's
     (group, tap, [y, x], rows, cols) order with the queries on the output grid: a free reshape, no
     transpose of either. The offset linear is applied with its rows reordered to (y, x) and the
-    reference's canvas position added to its bias, so it yields canvas pixels directly; clamping and
-    the DeformConv base positions are three same-layout elementwise ops.
+    reference's canvas position minus DeformConv's base position folded into its bias, so it yields
+    DeformConv offsets directly; the clamp to each level is two same-layout elementwise ops.
     """
-    batch, queries, _ = query.shape
+    batch = query.shape[0]
+    queries = query.shape[2] if query_channels_first else query.shape[1]
     levels = len(layout.shapes)
     taps = levels * points
     geometry = conv_geometry(layout, queries, taps)
     dtype, device = query.dtype, query.device
-    columns = query.transpose(1, 2)[:, None]                                                  # (B, 1, dim, Q)
-    logits = torch.matmul(attention_weights.weight.view(heads, taps, -1), columns)
-    weights = (logits + attention_weights.bias.view(heads, taps, 1)).softmax(2)             # (B, heads, K, Q)
+    columns = query if query_channels_first else query.transpose(1, 2)                      # (B, dim, Q)
+    # Each linear is one 2-D GEMM with the heads stacked in its rows (per-head batched GEMMs of 16 rows
+    # ran at half the rate in onnxruntime); (B, heads * K [x 2], Q) views as (B, heads, K [x 2], Q).
+    logits = torch.matmul(attention_weights.weight, columns) + attention_weights.bias[:, None]
+    weights = logits.view(batch, heads, taps, queries).softmax(2)                            # (B, heads, K, Q)
     size = torch.tensor(layout.shapes, dtype=dtype, device=device)                           # (L, 2) yx
     origin = torch.tensor(layout.origins, dtype=dtype, device=device)
-    weight = sampling_offsets.weight.view(heads, levels, points, 2, -1).flip(3).reshape(heads, taps * 2, -1)
-    bias = sampling_offsets.bias.view(heads, levels, points, 2).flip(3).reshape(heads, taps * 2, 1)
-    start = reference_points.flip(-1) * size - 0.5 + origin                                  # (B, Q, L, yx)
-    start = start[:, :, :, None].expand(-1, -1, -1, points, -1).reshape(batch, queries, taps * 2)
-    position = torch.matmul(weight, columns) + (bias + start.transpose(1, 2)[:, None])       # (B, heads, K*2, Q)
-    if levels > 1:                                   # stay inside the level and its zero border
-        per_row = lambda t: t[:, None].expand(-1, points, -1).reshape(-1, 1)                    # noqa: E731
-        position = torch.minimum(torch.maximum(position, per_row(origin - 1)), per_row(origin + size))
+    weight = sampling_offsets.weight.view(heads, levels, points, 2, -1).flip(3).reshape(heads * taps * 2, -1)
+    bias = sampling_offsets.bias.view(heads, levels, points, 2).flip(3).reshape(heads * taps * 2, 1)
     rows, cols = geometry.out_hw
     base_y = torch.arange(rows, dtype=dtype, device=device) * geometry.strides[0] - geometry.pads[0]
     base_x = torch.arange(cols, dtype=dtype, device=device) * geometry.strides[1] - geometry.pads[1]
     base = torch.stack([base_y[:, None, None].expand(-1, cols, taps),
                         (base_x[:, None] + torch.arange(taps, dtype=dtype, device=device)).expand(rows, -1, -1)],
                        dim=-1)                                                                   # (rows, cols, K, yx)
-    offset = (position - base.reshape(queries, taps * 2).t()).reshape(batch, heads * taps * 2, rows, cols)
+    base = base.reshape(queries, taps * 2).t().repeat(heads, 1)                              # (heads*K*2, Q)
+    start = reference_points.flip(-1) * size - 0.5 + origin                                  # (B, Q, L, yx)
+    start = start[:, :, :, None].expand(-1, -1, -1, points, -1).reshape(batch, queries, taps * 2)
+    # DeformConv's offsets from the output grid's base positions: the canvas position minus base, with
+    # bias, reference and base in one constant, so the product gets one add
+    offset = torch.matmul(weight, columns) + (bias + start.transpose(1, 2).repeat(1, heads, 1) - base)
+    if levels > 1:                                   # stay inside the level and its zero border
+        per_row = lambda t: t[:, None].expand(-1, points, -1).reshape(-1, 1).repeat(heads, 1)   # noqa: E731
+        offset = torch.minimum(torch.maximum(offset, per_row(origin - 1) - base), per_row(origin + size) - base)
+    offset = offset.reshape(batch, heads * taps * 2, rows, cols)
     mask = weights.reshape(batch, heads * taps, rows, cols)
     out = torch.ops.mobius.deform_conv_sum(canvas, offset, mask, [1, taps], list(geometry.strides),
                                             list(geometry.pads), heads)

@@ -43,21 +43,29 @@ class BottleneckBlock(nn.Module):
                 levels: ProjectedValues, level_shapes: list[tuple[int, int]],
                 ref_points: Tensor) -> tuple[Tensor, TextContext]:
         """
-        bottleneck: (B, N, C) tokens of B; pos: (N, C); text.tokens: (B, T, C);
+        bottleneck: (B, C, N) maps of B, channels first; pos: (C, N); text.tokens: (B, T, C);
         levels: {S3..S6} through cross_attn.value_proj (deform_attn.project_many; a canvas when sampling
         is lowered for export); ref_points: (N, 2) xy in [0, 1].
-        Returns the enhanced bottleneck (B, N, C) and the text context after fusion.
+        Returns the enhanced bottleneck (B, C, N) and the text context after fusion.
+
+        Channels first throughout: GroupNorm, the FFN (as W x + b), both deformable attentions and the
+        image side of the fusion all read and write (B, C, N), so the block has no (B, N, C) <-> (B, C, N)
+        transposes (the tokens-first layout needed two around every GroupNorm and attention: ~1 ms of
+        the default model's exported graph).
         """
         if self.fusion is not None:
-            bottleneck, text = self.fusion(bottleneck, pos, text)                  # Eq. 1a-1b
+            bottleneck, text = self.fusion(bottleneck, pos, text, channels_first=True)  # Eq. 1a-1b
         batch = bottleneck.shape[0]
         ref = ref_points[None, :, None, :].expand(batch, -1, 1, -1)                # (B, N, 1, 2)
-        attended = self.self_attn(bottleneck + pos, ref, bottleneck, [bottleneck_shape])
-        bottleneck = self.norm_self(bottleneck + attended)                          # Eq. 1c
+        attended = self.self_attn(bottleneck + pos, ref, bottleneck, [bottleneck_shape], channels_first=True,
+                                  query_channels_first=True)
+        bottleneck = self.norm_self(bottleneck + attended, channels_first=True)    # Eq. 1c
         ref_levels = ref_points[None, :, None, :].expand(batch, -1, len(level_shapes), -1)  # (B, N, 4, 2)
-        attended = self.cross_attn(bottleneck + pos, ref_levels, levels, level_shapes, channels_first=True)
-        bottleneck = self.norm_cross(bottleneck + attended)                         # Eq. 1d
-        bottleneck = self.norm_ffn(bottleneck + self.ffn(bottleneck))               # Eq. 1e
+        attended = self.cross_attn(bottleneck + pos, ref_levels, levels, level_shapes, channels_first=True,
+                                   query_channels_first=True)
+        bottleneck = self.norm_cross(bottleneck + attended, channels_first=True)   # Eq. 1d
+        bottleneck = self.norm_ffn(bottleneck + self.ffn(bottleneck, channels_first=True),
+                                   channels_first=True)                             # Eq. 1e
         return bottleneck, text
 
 
@@ -96,19 +104,19 @@ class BottleneckPixelDecoder(nn.Module):
         else:
             values = torch.cat([f.flatten(2) for f in pyramid], dim=2) + embed                 # (B, C, S)
         pos = sine_position_embedding(height, width, dim, device, dtype)
-        pos = pos + self.level_embed[self.bottleneck_level]
+        pos = (pos + self.level_embed[self.bottleneck_level]).t()                     # (C, N)
         ref_points = reference_grid([(height, width)], device, dtype)
-        bottleneck = pyramid[self.bottleneck_level].flatten(2).transpose(1, 2)        # (B, N, C)
+        bottleneck = pyramid[self.bottleneck_level].flatten(2)                        # (B, C, N)
         projected = project_many([block.cross_attn for block in self.blocks], values)
         for block, block_values in zip(self.blocks, projected):
             bottleneck, text = block(bottleneck, pos, text, (height, width), block_values, level_shapes, ref_points)
-        enhanced = bottleneck.transpose(1, 2).reshape(batch, dim, height, width)      # B^
+        enhanced = bottleneck.reshape(batch, dim, height, width)                      # B^
         memory = [enhanced]
         if self.multi_scale_memory:
             memory = [enhanced if i == self.bottleneck_level else f for i, f in enumerate(pyramid)]
         return PixelDecoderOutput(
             memory=memory,
-            selection_tokens=bottleneck,
+            selection_tokens=bottleneck.transpose(1, 2),                              # (B, N, C)
             selection_anchors=token_anchors([(height, width)], [self.stride], device, dtype),
             mask_features=self.mask_head(enhanced, s2),
             text=text,

@@ -42,13 +42,19 @@ class TextFusion(nn.Module):
             self.text_to_image = MultiHeadAttention(dim, heads)
             self.norm_text = nn.LayerNorm(dim)
 
-    def forward(self, image: Tensor, pos: Tensor, text: TextContext) -> tuple[Tensor, TextContext]:
-        """image (B, N, C) with position embedding pos (N, C); text tokens (B, T, C)."""
-        attended = self.image_to_text(image + pos, text.tokens, text.tokens, key_padding_mask=text.padding)
-        fused = self.norm_image_text(image + attended)                                       # Eq. 1a
+    def forward(self, image: Tensor, pos: Tensor, text: TextContext,
+                channels_first: bool = False) -> tuple[Tensor, TextContext]:
+        """image (B, N, C) with position embedding pos (N, C), or with `channels_first` image (B, C, N)
+        and pos (C, N) (the bottleneck's layout: no transpose, `image_norm` must take `channels_first`);
+        text tokens (B, T, C). The image comes back in its own layout."""
+        cf = {"channels_first": True} if channels_first else {}
+        attended = self.image_to_text(image + pos, text.tokens, text.tokens, key_padding_mask=text.padding,
+                                      query_channels_first=channels_first)
+        fused = self.norm_image_text(image + attended, **cf)                                  # Eq. 1a
         if not self.update_text:
             return fused, text
-        tokens = self.norm_text(text.tokens + self.text_to_image(text.tokens, image + pos, image))  # Eq. 1b
+        tokens = self.norm_text(text.tokens + self.text_to_image(text.tokens, image + pos, image,
+                                                                 kv_channels_first=channels_first))  # Eq. 1b
         return fused, TextContext(tokens, text.padding)
 
 
