@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from perception_core.model import deform_conv
-from perception_core.model.layers import FFN, MultiHeadAttention, TokenGroupNorm, linear_channels_first
+from perception_core.model.layers import FFN, MultiHeadAttention, TokenGroupNorm, export_form, linear_channels_first
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -15,23 +15,33 @@ def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-@pytest.mark.parametrize("query_cf,kv_cf", [(True, False), (False, True), (True, True)])
-def test_attention_channels_first_equals_tokens_first_float64(query_cf, kv_cf):
+@pytest.mark.parametrize("folded", [False, True])
+@pytest.mark.parametrize("query_cf,kv_cf", [(False, False), (True, False), (False, True), (True, True)])
+def test_attention_channels_first_equals_tokens_first_float64(query_cf, kv_cf, folded):
+    """Every layout, with position embeddings added to query and key (folded into the projections'
+    biases in the export form), equals the tokens-first layout with the embeddings added first."""
     attn = _randomize(MultiHeadAttention(16, heads=4).double(), 0)
     generator = torch.Generator().manual_seed(1)
     query = torch.randn(2, 7, 16, generator=generator, dtype=torch.float64)
     keys = torch.randn(2, 5, 16, generator=generator, dtype=torch.float64)
     values = torch.randn(2, 5, 16, generator=generator, dtype=torch.float64)
+    query_pos = torch.randn(7, 16, generator=generator, dtype=torch.float64)
+    key_pos = torch.randn(5, 16, generator=generator, dtype=torch.float64)
     padding = torch.tensor([[False, False, True, False, True]])
-    expected = attn(query, keys, values, key_padding_mask=padding)
-    cf = lambda t, flag: t.transpose(1, 2) if flag else t  # noqa: E731
-    got = attn(cf(query, query_cf), cf(keys, kv_cf), cf(values, kv_cf), key_padding_mask=padding,
-               query_channels_first=query_cf, kv_channels_first=kv_cf)
+    expected = attn(query + query_pos, keys + key_pos, values, key_padding_mask=padding)
+    cf = lambda t, flag: t.transpose(-2, -1) if flag else t  # noqa: E731
+
+    def run():
+        with export_form(folded):
+            return attn(cf(query, query_cf), cf(keys, kv_cf), cf(values, kv_cf), key_padding_mask=padding,
+                        query_channels_first=query_cf, kv_channels_first=kv_cf, query_pos=cf(query_pos, query_cf),
+                        key_pos=cf(key_pos, kv_cf))
+
+    got = run()
     torch.testing.assert_close(cf(got, query_cf), expected, rtol=1e-12, atol=1e-12)
     # the padded keys are really ignored: changing them changes nothing
     values[:, 2] += 100.0
-    again = attn(cf(query, query_cf), cf(keys, kv_cf), cf(values, kv_cf), key_padding_mask=padding,
-                 query_channels_first=query_cf, kv_channels_first=kv_cf)
+    again = run()
     torch.testing.assert_close(again, got, rtol=1e-12, atol=1e-12)
 
 
@@ -56,8 +66,10 @@ def test_ffn_norm_and_linear_channels_first_equal_tokens_first_float64():
                                rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("lowered", [False, True])
-def test_deformable_attention_channels_first_query_float64(lowered):
+@pytest.mark.parametrize("lowered,folded", [(False, False), (True, False), (True, True)])
+def test_deformable_attention_channels_first_query_float64(lowered, folded):
+    """A channels-first query with its position embedding passed apart (folded into the offset and
+    weight linears in the export form) samples what the tokens-first query with it added does."""
     from perception_core.model.deform_attn import MSDeformAttn
 
     shapes = [(6, 5), (3, 3)]
@@ -66,16 +78,18 @@ def test_deformable_attention_channels_first_query_float64(lowered):
     query = torch.randn(2, 12, 16, generator=generator, dtype=torch.float64)
     ref = torch.rand(2, 12, 2, 2, generator=generator, dtype=torch.float64)
     value = torch.randn(2, 39, 16, generator=generator, dtype=torch.float64)
-    expected = attn(query, ref, value, shapes)
-    with deform_conv.lowered_sampling(lowered):
-        got = attn(query.transpose(1, 2), ref, value, shapes, query_channels_first=True)
+    pos = torch.randn(12, 16, generator=generator, dtype=torch.float64)
+    expected = attn(query + pos, ref, value, shapes)
+    with deform_conv.lowered_sampling(lowered), export_form(folded):
+        got = attn(query.transpose(1, 2), ref, value, shapes, query_channels_first=True, query_pos=pos.t())
     assert got.shape == (2, 16, 12)
     torch.testing.assert_close(got.transpose(1, 2), expected, rtol=1e-10, atol=1e-10)
 
 
-def test_bottleneck_block_is_equations_1a_to_1e_tokens_first_float64():
+@pytest.mark.parametrize("exported", [False, True])
+def test_bottleneck_block_is_equations_1a_to_1e_tokens_first_float64(exported):
     """The channels-first block against Eq. 1a-1e written out in the (B, N, C) layout with the same
-    modules."""
+    modules; also in the export's form (lowered sampling, position embeddings folded)."""
     from perception_core.model.deform_attn import project_many
     from perception_core.model.layers import reference_grid, sine_position_embedding
     from perception_core.model.pixel_decoder_bottleneck import BottleneckBlock
@@ -92,7 +106,9 @@ def test_bottleneck_block_is_equations_1a_to_1e_tokens_first_float64():
     pos = sine_position_embedding(4, 3, 16, dtype=torch.float64)                   # (N, C)
     ref = reference_grid([(4, 3)], dtype=torch.float64)
     bottleneck = levels[1].flatten(2)                                             # (B, C, N)
-    got, got_text = block(bottleneck, pos.t(), text, (4, 3), project_many([block.cross_attn], flat)[0], shapes, ref)
+    with deform_conv.lowered_sampling(exported), export_form(exported):
+        got, got_text = block(bottleneck, pos.t(), text, (4, 3), project_many([block.cross_attn], flat)[0], shapes,
+                              ref)
 
     x = bottleneck.transpose(1, 2)                                                # (B, N, C)
     fusion = block.fusion

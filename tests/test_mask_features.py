@@ -6,7 +6,8 @@ from torch import nn
 
 from perception_core.model.build import build_from_name
 from perception_core.model.neck import NormedProjection
-from perception_core.model.pixel_decoder_common import MaskFeatures, linear_resize_matrix, resize_as_matmul
+from perception_core.model.layers import export_form
+from perception_core.model.pixel_decoder_common import MaskFeatures, linear_resize_matrix
 
 
 def _normed_projection(batch=2, cin=5, channels=12, groups=4, size=(7, 9), seed=0) -> NormedProjection:
@@ -49,7 +50,7 @@ def test_mask_features_read_equals_dense_map_float64(factored_fine, as_matmul):
     kernels = torch.randn(2, 5, 12, dtype=torch.float64)
     expected = torch.einsum("bnc,bchw->bnhw", kernels, features.dense())
     assert features.dense().shape == (2, 12, 7, 9)
-    with resize_as_matmul(as_matmul):
+    with export_form(as_matmul):
         read = features.read(kernels)
     torch.testing.assert_close(read, expected, rtol=1e-10, atol=1e-10)
 

@@ -22,7 +22,11 @@ from perception_core.training.synth.config import make_config
 from perception_core.training.synth.writer import write_split
 from test_training_engine import single_thread, tiny_config  # noqa: F401 (fixture)
 
-HOTA_MIN = 0.75     # measured 0.88 (DetA 0.87, AssA 0.89, IDF1 1.0); 0.66 before the tracker fixes
+# 320 steps: measured HOTA 0.88 (DetA 0.88, AssA 0.89, IDSW 0); seeds 1-3 0.92 / 0.87 / 0.84. At 260
+# steps some trajectories had not converged: a float-rounding-level change of the model's layout
+# (same function, float64-equal) moved seed 0 from 0.88 to 0.55 (AssA 0.41) while seeds 1-3 stayed
+# 0.83-0.92; the test must not depend on a lucky trajectory.
+HOTA_MIN = 0.75
 IDSW_MAX = 1
 
 
@@ -44,7 +48,7 @@ def test_tracking_a_generated_clip_reaches_hota_threshold(tmp_path, single_threa
                          video_area_fraction=(0.05, 0.2), distractors=(0, 1))
     paths = write_split(tmp_path, "train", 0, 1, 3, synth, progress=False)
     videos = tmp_path / "train" / "videos"
-    config = tiny_config(tmp_path / "train", tmp_path / "run", "optim.max_steps=260", "optim.milestones=[220]",
+    config = tiny_config(tmp_path / "train", tmp_path / "run", "optim.max_steps=320", "optim.milestones=[272]",
                          "batch_size=4", "data.train_sizes=[96]", "data.max_size=128", "data.flip_probability=0",
                          "data.crop_probability=0", "data.color_jitter=0", "data.hue_jitter=0",
                          "checkpoint_interval=1000", f"data.train_annotations={paths.videos}",

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import deform_conv
-from .layers import linear_channels_first
+from .layers import affine_channels_first, linear_channels_first
 
 
 def deform_sample(value: Tensor, spatial_shapes: list[tuple[int, int]], grids: Tensor, weights: Tensor) -> Tensor:
@@ -175,11 +175,13 @@ class MSDeformAttn(nn.Module):
 
     def forward(self, query: Tensor, reference_points: Tensor, value: "Tensor | ProjectedValues",
                 spatial_shapes: list[tuple[int, int]], channels_first: bool = False,
-                query_channels_first: bool = False) -> Tensor:
+                query_channels_first: bool = False, query_pos: Tensor | None = None) -> Tensor:
         """
         Args:
-            query: (B, Q, dim) with position embedding already added; with `query_channels_first`,
-                (B, dim, Q) (the bottleneck's maps), and the result is (B, dim, Q) too.
+            query: (B, Q, dim) with position embedding already added, or `query_pos` (Q, dim) to add;
+                with `query_channels_first`, (B, dim, Q) (the bottleneck's maps) and query_pos (dim, Q),
+                and the result is (B, dim, Q) too. Lowered, query_pos folds into the offset and weight
+                linears' constants in the export (layers.affine_channels_first).
             reference_points: (B, Q, L, 2) points in [0, 1] xy, or (B, Q, L, 4) boxes cxcywh in [0, 1]
                 (offsets are then scaled by half the box size, as in Deformable-DETR's 2-stage mode).
             value: (B, S, dim) flattened features of all levels, S = sum(H_l * W_l); with
@@ -189,13 +191,15 @@ class MSDeformAttn(nn.Module):
         Returns:
             (B, Q, dim), or (B, dim, Q) with `query_channels_first`.
         """
-        out = self._sample(query, reference_points, value, spatial_shapes, channels_first, query_channels_first)
+        out = self._sample(query, reference_points, value, spatial_shapes, channels_first, query_channels_first,
+                           query_pos)
         if query_channels_first:
             return linear_channels_first(self.output_proj, out)
         return self.output_proj(out.transpose(1, 2))
 
     def _sample(self, query: Tensor, reference_points: Tensor, value: "Tensor | ProjectedValues",
-                spatial_shapes: list[tuple[int, int]], channels_first: bool, query_channels_first: bool) -> Tensor:
+                spatial_shapes: list[tuple[int, int]], channels_first: bool, query_channels_first: bool,
+                query_pos: Tensor | None) -> Tensor:
         """The attention-weighted samples before output_proj: (B, dim, Q)."""
         queries = query.shape[2] if query_channels_first else query.shape[1]
         heads, levels, points = self.heads, self.levels, self.points
@@ -206,7 +210,9 @@ class MSDeformAttn(nn.Module):
                 layout = deform_conv.canvas_layout(spatial_shapes)
                 canvas = deform_conv.to_canvas(self._projected(value, channels_first), layout)
             return deform_conv.lowered_sample(query, self.sampling_offsets, self.attention_weights, canvas, layout,
-                                              reference_points, heads, points, query_channels_first)
+                                              reference_points, heads, points, query_channels_first, query_pos)
+        if query_pos is not None:
+            query = query + query_pos
         if query_channels_first:
             query = query.transpose(1, 2)
         batch = query.shape[0]

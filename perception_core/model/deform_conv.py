@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import affine_channels_first
+
 _STATE = {"lowered": False}
 
 
@@ -136,12 +138,13 @@ class ValueCanvas(NamedTuple):
 
 def lowered_sample(query: Tensor, sampling_offsets: nn.Linear, attention_weights: nn.Linear, canvas: Tensor,
                    layout: CanvasLayout, reference_points: Tensor, heads: int, points: int,
-                   query_channels_first: bool = False) -> Tensor:
+                   query_channels_first: bool = False, query_pos: Tensor | None = None) -> Tensor:
     """MSDeformAttn's sampling with 2-d reference points through `mobius::deform_conv_sum`.
 
     Args:
         query: (B, Q, dim) with position embedding, or (B, dim, Q) with `query_channels_first` (no
-            transpose then); sampling_offsets / attention_weights: the module's
+            transpose then); query_pos: a position embedding to add to it, (Q, dim) or (dim, Q), folded
+            into the linears' constants in the export form; sampling_offsets / attention_weights: the module's
             linears (offsets in pixels per (head, level, point, xy); weight logits per (head, level, point)).
         canvas: (B, heads * C_h, height, width) projected values in `layout` (`to_canvas`,
             `deform_attn.project_many`); reference_points: (B, Q, L, 2) xy in [0, 1].
@@ -161,9 +164,11 @@ def lowered_sample(query: Tensor, sampling_offsets: nn.Linear, attention_weights
     geometry = conv_geometry(layout, queries, taps)
     dtype, device = query.dtype, query.device
     columns = query if query_channels_first else query.transpose(1, 2)                      # (B, dim, Q)
+    if query_pos is not None and not query_channels_first:
+        query_pos = query_pos.t()                                                           # (dim, Q)
     # Each linear is one 2-D GEMM with the heads stacked in its rows (per-head batched GEMMs of 16 rows
     # ran at half the rate in onnxruntime); (B, heads * K [x 2], Q) views as (B, heads, K [x 2], Q).
-    logits = torch.matmul(attention_weights.weight, columns) + attention_weights.bias[:, None]
+    logits = affine_channels_first(attention_weights.weight, attention_weights.bias[:, None], columns, query_pos)
     weights = logits.view(batch, heads, taps, queries).softmax(2)                            # (B, heads, K, Q)
     size = torch.tensor(layout.shapes, dtype=dtype, device=device)                           # (L, 2) yx
     origin = torch.tensor(layout.origins, dtype=dtype, device=device)
@@ -180,7 +185,8 @@ def lowered_sample(query: Tensor, sampling_offsets: nn.Linear, attention_weights
     start = start[:, :, :, None].expand(-1, -1, -1, points, -1).reshape(batch, queries, taps * 2)
     # DeformConv's offsets from the output grid's base positions: the canvas position minus base, with
     # bias, reference and base in one constant, so the product gets one add
-    offset = torch.matmul(weight, columns) + (bias + start.transpose(1, 2).repeat(1, heads, 1) - base)
+    constant = bias + start.transpose(1, 2).repeat(1, heads, 1) - base
+    offset = affine_channels_first(weight, constant, columns, query_pos)
     if levels > 1:                                   # stay inside the level and its zero border
         per_row = lambda t: t[:, None].expand(-1, points, -1).reshape(-1, 1).repeat(heads, 1)   # noqa: E731
         offset = torch.minimum(torch.maximum(offset, per_row(origin - 1) - base), per_row(origin + size) - base)

@@ -1,7 +1,9 @@
 """Small building blocks shared by the pixel decoders and the transformer decoder."""
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +26,45 @@ class MLP(nn.Module):
         return x
 
 
-def linear_channels_first(linear: nn.Linear, x: Tensor) -> Tensor:
-    """`linear` over the channel axis of (B, C_in, N) maps: W x + b, (B, C_out, N). A 1x1 convolution
-    written as a matmul, so channels-first features need no transpose. (A batch-1 Gemm with the bias
-    as its C input was slower in onnxruntime: it copies x[0] and broadcasts C first.)"""
-    return torch.matmul(linear.weight, x) + linear.bias[:, None]
+_EXPORT_FORM = {"on": False}
+
+
+@contextlib.contextmanager
+def export_form(enabled: bool = True) -> Iterator[None]:
+    """Within this context the model builds its exported graph (runtime/export.dynamo_export enters
+    it): the same function, written so that work on constants folds into constants of the graph
+    (position embeddings through projections, `affine_channels_first`; mask upsampling as matmuls with
+    constant matrices, pixel_decoder_common.MaskFeatures.read). Outside it, eagerly (training and
+    count_flops), the plain form, which counts no FLOPs on constants."""
+    previous = _EXPORT_FORM["on"]
+    _EXPORT_FORM["on"] = enabled
+    try:
+        yield
+    finally:
+        _EXPORT_FORM["on"] = previous
+
+
+def in_export_form() -> bool:
+    return _EXPORT_FORM["on"]
+
+
+def affine_channels_first(weight: Tensor, bias: Tensor, x: Tensor, pos: Tensor | None = None) -> Tensor:
+    """W (x + pos) + bias over the channel axis of (B, C_in, N) maps: (B, C_out, N); `bias` broadcasts
+    against the result ((C_out, 1), or a full (C_out, N) constant). `pos` (C_in, N) is a constant
+    position embedding: in the export form W pos + bias is one constant of the graph, so x + pos is
+    never formed (one full-size add less per projection)."""
+    if pos is None:
+        return torch.matmul(weight, x) + bias
+    if in_export_form():
+        return torch.matmul(weight, x) + (torch.matmul(weight, pos) + bias)
+    return torch.matmul(weight, x + pos) + bias
+
+
+def linear_channels_first(linear: nn.Linear, x: Tensor, pos: Tensor | None = None) -> Tensor:
+    """`linear` over the channel axis of (B, C_in, N) maps: W (x + pos) + b, (B, C_out, N). A 1x1
+    convolution written as a matmul, so channels-first features need no transpose (a batch-1 Gemm
+    with the bias as its C input was slower in onnxruntime: it copies x[0] and broadcasts C first)."""
+    return affine_channels_first(linear.weight, linear.bias[:, None], x, pos)
 
 
 class FFN(nn.Module):
@@ -138,11 +174,15 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
                 attn_mask: Tensor | None = None, query_channels_first: bool = False,
-                kv_channels_first: bool = False) -> Tensor:
+                kv_channels_first: bool = False, query_pos: Tensor | None = None,
+                key_pos: Tensor | None = None) -> Tensor:
         """
         Args:
             query: (B, Nq, C), or (B, C, Nq) with `query_channels_first`; key/value: (B, Nk, C), or
                 (B, C, Nk) with `kv_channels_first` (the bottleneck's maps, so it needs no transpose).
+            query_pos / key_pos: position embeddings added to query / key before their projections,
+                in their layouts ((N, C) or (C, N)); channels first they fold into the projection's
+                bias in the export (`affine_channels_first`).
             key_padding_mask: (B or 1, Nk) bool, True = ignore that key.
             attn_mask: (Nq, Nk) bool, True = query may NOT attend to key (denoising groups).
         Returns:
@@ -152,8 +192,8 @@ class MultiHeadAttention(nn.Module):
         dim = query.shape[1] if query_channels_first else query.shape[2]
         head_dim = dim // self.heads
         # channels first: (B, heads, C/heads, N), a free view; tokens first: (B, heads, N, C/heads)
-        q = self._heads(self.q_proj, query, query_channels_first)
-        k = self._heads(self.k_proj, key, kv_channels_first)
+        q = self._heads(self.q_proj, query, query_channels_first, query_pos)
+        k = self._heads(self.k_proj, key, kv_channels_first, key_pos)
         v = self._heads(self.v_proj, value, kv_channels_first)
         mask = None
         if key_padding_mask is not None:
@@ -180,9 +220,11 @@ class MultiHeadAttention(nn.Module):
         out = torch.matmul(attn, v_rows)                                            # (B, heads, Nq, C/h)
         return self.out_proj(out.transpose(1, 2).reshape(batch, query.shape[1], dim))
 
-    def _heads(self, linear: nn.Linear, x: Tensor, channels_first: bool) -> Tensor:
+    def _heads(self, linear: nn.Linear, x: Tensor, channels_first: bool, pos: Tensor | None = None) -> Tensor:
         # explicit sizes, not -1: pruning can leave zero queries
         batch, head_dim = x.shape[0], linear.out_features // self.heads
         if channels_first:
-            return linear_channels_first(linear, x).view(batch, self.heads, head_dim, x.shape[2])
+            return linear_channels_first(linear, x, pos).view(batch, self.heads, head_dim, x.shape[2])
+        if pos is not None:
+            x = x + pos
         return linear(x).view(batch, x.shape[1], self.heads, head_dim).transpose(1, 2)

@@ -51,18 +51,20 @@ class BottleneckBlock(nn.Module):
         Channels first throughout: GroupNorm, the FFN (as W x + b), both deformable attentions and the
         image side of the fusion all read and write (B, C, N), so the block has no (B, N, C) <-> (B, C, N)
         transposes (the tokens-first layout needed two around every GroupNorm and attention: ~1 ms of
-        the default model's exported graph).
+        the default model's exported graph). The position embedding goes to every attention as
+        `query_pos` / `key_pos`: in the export it folds into the projections' constants, and
+        bottleneck + pos is never formed.
         """
         if self.fusion is not None:
             bottleneck, text = self.fusion(bottleneck, pos, text, channels_first=True)  # Eq. 1a-1b
         batch = bottleneck.shape[0]
         ref = ref_points[None, :, None, :].expand(batch, -1, 1, -1)                # (B, N, 1, 2)
-        attended = self.self_attn(bottleneck + pos, ref, bottleneck, [bottleneck_shape], channels_first=True,
-                                  query_channels_first=True)
+        attended = self.self_attn(bottleneck, ref, bottleneck, [bottleneck_shape], channels_first=True,
+                                  query_channels_first=True, query_pos=pos)
         bottleneck = self.norm_self(bottleneck + attended, channels_first=True)    # Eq. 1c
         ref_levels = ref_points[None, :, None, :].expand(batch, -1, len(level_shapes), -1)  # (B, N, 4, 2)
-        attended = self.cross_attn(bottleneck + pos, ref_levels, levels, level_shapes, channels_first=True,
-                                   query_channels_first=True)
+        attended = self.cross_attn(bottleneck, ref_levels, levels, level_shapes, channels_first=True,
+                                   query_channels_first=True, query_pos=pos)
         bottleneck = self.norm_cross(bottleneck + attended, channels_first=True)   # Eq. 1d
         bottleneck = self.norm_ffn(bottleneck + self.ffn(bottleneck, channels_first=True),
                                    channels_first=True)                             # Eq. 1e

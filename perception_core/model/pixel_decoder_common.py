@@ -1,14 +1,13 @@
 """Types and heads shared by all pixel decoders (ours and the baselines)."""
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import MultiHeadAttention
+from .layers import MultiHeadAttention, in_export_form
 from .neck import NormedProjection
 
 
@@ -48,12 +47,12 @@ class TextFusion(nn.Module):
         and pos (C, N) (the bottleneck's layout: no transpose, `image_norm` must take `channels_first`);
         text tokens (B, T, C). The image comes back in its own layout."""
         cf = {"channels_first": True} if channels_first else {}
-        attended = self.image_to_text(image + pos, text.tokens, text.tokens, key_padding_mask=text.padding,
-                                      query_channels_first=channels_first)
+        attended = self.image_to_text(image, text.tokens, text.tokens, key_padding_mask=text.padding,
+                                      query_channels_first=channels_first, query_pos=pos)
         fused = self.norm_image_text(image + attended, **cf)                                  # Eq. 1a
         if not self.update_text:
             return fused, text
-        tokens = self.norm_text(text.tokens + self.text_to_image(text.tokens, image + pos, image,
+        tokens = self.norm_text(text.tokens + self.text_to_image(text.tokens, image, image, key_pos=pos,
                                                                  kv_channels_first=channels_first))  # Eq. 1b
         return fused, TextContext(tokens, text.padding)
 
@@ -93,7 +92,7 @@ class MaskFeatures(NamedTuple):
 
         The per-kernel constants (q . b, and the factored S2's) are added at the coarse scale: the
         bilinear weights of every output pixel sum to 1, so upsampling carries them over unchanged,
-        and a full-resolution add is saved. In an export (`resize_as_matmul`) the upsampling is two
+        and a full-resolution add is saved. In the export form (layers.export_form) the upsampling is two
         small matmuls with `linear_resize_matrix` (onnxruntime's Resize took 0.34 ms for 20 masks of
         24 -> 96 px); eagerly, and so for count_flops, which counts no interpolation, F.interpolate."""
         batch, queries, _ = kernels.shape
@@ -108,7 +107,7 @@ class MaskFeatures(NamedTuple):
         else:
             high = torch.matmul(projected, self.fine.flatten(2))
         low = (torch.matmul(projected, self.coarse.flatten(2)) + constant).view(batch, queries, height, width)
-        if _RESIZE["matmul"]:
+        if in_export_form():
             # rows expanded to (B, N, H, h): onnxruntime's MatMul will not broadcast a matrix over N = 0
             rows = linear_resize_matrix(height, out_height, low).expand(batch, queries, -1, -1)
             cols = linear_resize_matrix(width, out_width, low)                          # (W, w)
@@ -116,21 +115,6 @@ class MaskFeatures(NamedTuple):
         else:
             up = F.interpolate(low, size=(out_height, out_width), mode="bilinear", align_corners=False)
         return up + high.view(batch, queries, out_height, out_width)
-
-
-_RESIZE = {"matmul": False}
-
-
-@contextlib.contextmanager
-def resize_as_matmul(enabled: bool = True) -> Iterator[None]:
-    """Within this context MaskFeatures.read upsamples with matmuls (`linear_resize_matrix`): the
-    ONNX export's graph (runtime/export.dynamo_export). Same result as F.interpolate."""
-    previous = _RESIZE["matmul"]
-    _RESIZE["matmul"] = enabled
-    try:
-        yield
-    finally:
-        _RESIZE["matmul"] = previous
 
 
 def linear_resize_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..model import deform_conv
 from ..model.decoder import PruneSettings
-from ..model.pixel_decoder_common import resize_as_matmul
+from ..model.layers import export_form
 from .io_names import INPUT_NAMES, OUTPUT_NAMES
 
 OPSET = 19
@@ -73,7 +73,7 @@ def dynamo_export(graph: nn.Module, args: tuple, path: Path, input_names: list[s
         raise ValueError(f"sampler {sampler!r}; choose one of {SAMPLERS}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with (warnings.catch_warnings(), torch.no_grad(), deform_conv.lowered_sampling(sampler == "deform_conv"),
-          resize_as_matmul()):
+          export_form()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(graph, args, dynamo=True, opset_version=OPSET, input_names=input_names,
                                     output_names=output_names, dynamic_shapes=dynamic, verbose=False,
