@@ -86,8 +86,12 @@ class Mobius(nn.Module):
         decoded = self.decoder(queries, boxes, pixels.memory, pixels.mask_features, prompts, attn_mask,
                                prune=prune, all_layer_masks=not self.deployed)
         main = queries.shape[1] - extra
-        out = _prediction_sets(decoded, slice(0, main), not self.deployed)
-        out.update(query_embed=decoded["hidden"][:, :main], kept_indices=decoded["kept_indices"][:main],
+        # without an extra group every row is a main row: no slicing (onnxruntime copies a full Slice,
+        # 0.13 ms for the deployed graph's outputs)
+        rows = slice(0, main) if extra else slice(None)
+        out = _prediction_sets(decoded, rows, not self.deployed)
+        kept_indices = decoded["kept_indices"][rows] if extra else decoded["kept_indices"]
+        out.update(query_embed=_take(decoded["hidden"], rows), kept_indices=kept_indices,
                    kept_per_layer=decoded["kept_per_layer"], num_prefix=num_prefix)
         if not self.deployed:
             k = self.selection.num_queries
@@ -101,12 +105,18 @@ def _prediction_sets(decoded: dict, rows: slice, aux: bool) -> dict:
     """Last-layer predictions of the query rows `rows` (and, if aux, those of earlier layers)."""
     def pick(layer: int) -> dict:
         masks = decoded["masks"][layer]
-        return {"pred_logits": decoded["logits"][layer][:, rows], "pred_boxes": decoded["boxes"][layer][:, rows],
-                "pred_masks": None if masks is None else masks[:, rows]}
+        return {"pred_logits": _take(decoded["logits"][layer], rows),
+                "pred_boxes": _take(decoded["boxes"][layer], rows),
+                "pred_masks": None if masks is None else _take(masks, rows)}
     out = pick(-1)
     if aux:
         out["aux_outputs"] = [pick(layer) for layer in range(len(decoded["logits"]) - 1)]
     return out
+
+
+def _take(tensor: Tensor, rows: slice) -> Tensor:
+    """tensor[:, rows]; the tensor itself for slice(None)."""
+    return tensor if rows == slice(None) else tensor[:, rows]
 
 
 def query_attention_mask(prefix_mask: Tensor | None, total: int, group: int, device: torch.device) -> Tensor:
