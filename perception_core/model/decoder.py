@@ -100,8 +100,9 @@ class TransformerDecoder(nn.Module):
             mask_features = mask_features.dense()   # read by every layer: form M once
         shapes = [(int(m.shape[-2]), int(m.shape[-1])) for m in memory]
         flat = torch.cat([m.flatten(2) for m in memory], dim=2)                    # (B, C, S)
-        flat = flat + self._level_embedding(shapes).transpose(0, 1)
-        values = project_many([layer.cross_attn for layer in self.layers], flat)   # every layer reads `flat`
+        # every layer reads flat + level embedding (folded into each projection's bias in the export)
+        values = project_many([layer.cross_attn for layer in self.layers], flat,
+                              self._level_embedding(shapes).transpose(0, 1))
         tgt, ref = queries, boxes
         kept = torch.arange(queries.shape[1], device=queries.device)
         out = {"logits": [], "boxes": [], "masks": [], "kept_per_layer": []}

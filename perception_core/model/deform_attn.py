@@ -245,14 +245,17 @@ class ProjectedValues(NamedTuple):
     layout: deform_conv.CanvasLayout | None = None
 
 
-def project_many(attentions: Sequence[MSDeformAttn], value: "Tensor | deform_conv.ValueCanvas"
-                 ) -> list[ProjectedValues]:
+def project_many(attentions: Sequence[MSDeformAttn], value: "Tensor | deform_conv.ValueCanvas",
+                 embedding: Tensor | None = None) -> list[ProjectedValues]:
     """Every attention's value_proj of the same values: the transformer decoder's layers all read the
-    same memory, the bottleneck blocks the same levels. `value` is (B, C, S) channels first, or a
-    ValueCanvas built once. One matmul per attention: onnxruntime's Split of a joint result would
-    copy every projection once more."""
+    same memory, the bottleneck blocks the same levels. `value` is (B, C, S) channels first, plus an
+    optional constant `embedding` (C, S) (folded into each projection's bias in the export's form,
+    layers.affine_channels_first), or a ValueCanvas built once. One matmul per attention:
+    onnxruntime's Split of a joint result would copy every projection once more."""
     if not isinstance(value, deform_conv.ValueCanvas):
-        return [ProjectedValues(a.project_values(value, channels_first=True)) for a in attentions]
+        return [ProjectedValues(linear_channels_first(a.value_proj, value, embedding)) for a in attentions]
+    if embedding is not None:
+        raise ValueError("a ValueCanvas carries its level embeddings already")
     layout, batch = value.layout, value.tensor.shape[0]
     return [ProjectedValues(torch.matmul(torch.cat([a.value_proj.weight, a.value_proj.bias[:, None]], dim=1),
                                          value.tensor).reshape(batch, -1, layout.height, layout.width), layout)
