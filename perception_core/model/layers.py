@@ -192,21 +192,18 @@ class MultiHeadAttention(nn.Module):
         batch = query.shape[0]
         dim = query.shape[1] if query_channels_first else query.shape[2]
         head_dim = dim // self.heads
-        mask = None
-        if key_padding_mask is not None:
-            # (B, Nk) -> (B, 1, 1, Nk), additive -inf where ignored
-            mask = torch.zeros(key_padding_mask.shape, dtype=query.dtype, device=query.device)
-            mask = mask.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
-        if attn_mask is not None:
-            extra = torch.zeros(attn_mask.shape, dtype=query.dtype, device=query.device)
-            extra = extra.masked_fill(attn_mask, float("-inf"))
-            mask = extra if mask is None else mask + extra
-        if query_channels_first != kv_channels_first and in_export_form():
-            return self._absorbed(query, key, value, query_pos, key_pos, mask, query_channels_first)
         # channels first: (B, heads, C/heads, N), a free view; tokens first: (B, heads, N, C/heads)
         q = self._heads(self.q_proj, query, query_channels_first, query_pos)
         k = self._heads(self.k_proj, key, kv_channels_first, key_pos)
         v = self._heads(self.v_proj, value, kv_channels_first)
+        mask = None
+        if key_padding_mask is not None:
+            # (B, Nk) -> (B, 1, 1, Nk), additive -inf where ignored
+            mask = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
+            mask = mask.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+        if attn_mask is not None:
+            extra = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(attn_mask, float("-inf"))
+            mask = extra if mask is None else mask + extra
         # Written out rather than F.scaled_dot_product_attention: SDPA guards on the query count,
         # which breaks export when pruning leaves zero queries. The transposes below sit on matmul
         # inputs, where onnxruntime folds them into the matmul (FusedMatMul transA / transB).
@@ -222,48 +219,6 @@ class MultiHeadAttention(nn.Module):
             return linear_channels_first(self.out_proj, out.reshape(batch, dim, query.shape[2]))
         v_rows = v.transpose(-2, -1) if kv_channels_first else v                     # (B, heads, Nk, C/h)
         out = torch.matmul(attn, v_rows)                                            # (B, heads, Nq, C/h)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, query.shape[1], dim))
-
-    def _absorbed(self, query: Tensor, key: Tensor, value: Tensor, query_pos: Tensor | None,
-                  key_pos: Tensor | None, mask: Tensor | None, query_channels_first: bool) -> Tensor:
-        """The export's form of attention between a few tokens-first tokens (about 16 text tokens)
-        and many channels-first ones (576 pixels): every C x C projection of the many moves onto the
-        few. Scores are q_h . k_h = (W_q,h^T k_h) . (x + pos) + k_h . b_q,h, so a (heads * few, C)
-        matrix meets the pixels once; each head's weights sum to 1, so a weighted sum of projected
-        pixels is the projection of the weighted sum, and with few keys out_proj can act on the keys'
-        values: W_o (sum_t a_ht v_ht) + b_o = sum_h sum_t a_ht (W_o,h v_ht + b_o / heads). With few
-        queries, q_h . b_k,h is the same for every key and drops out of the softmax."""
-        heads, batch = self.heads, query.shape[0]
-        dim = self.q_proj.in_features
-        head_dim = dim // heads
-        scale = head_dim ** -0.5
-        if query_channels_first:                    # many queries (B, C, Nq), few keys (B, Nk, C)
-            k = self._heads(self.k_proj, key, False, key_pos)                            # (B, heads, Nk, C/h)
-            v = self._heads(self.v_proj, value, False)
-            rows, queries = heads * k.shape[2], query.shape[2]
-            weight_q = self.q_proj.weight.view(heads, head_dim, dim)
-            keys_q = torch.matmul(k, weight_q).reshape(batch, rows, dim)                 # (B, heads*Nk, C)
-            bias_q = torch.matmul(k, self.q_proj.bias.view(heads, head_dim, 1)).reshape(batch, rows, 1)
-            pixels = query if query_pos is None else query + query_pos
-            scores = (torch.matmul(keys_q, pixels) + bias_q).view(batch, heads, k.shape[2], queries) * scale
-            if mask is not None:
-                scores = scores + mask.transpose(-2, -1)
-            attn = scores.softmax(dim=2).reshape(batch, rows, queries)                   # (B, heads*Nk, Nq)
-            per_head = self.out_proj.weight.view(dim, heads, head_dim).permute(1, 2, 0)  # (heads, C/h, C)
-            values = torch.matmul(v, per_head) + self.out_proj.bias / heads              # (B, heads, Nk, C)
-            return torch.matmul(values.reshape(batch, rows, dim).transpose(1, 2), attn)  # (B, C, Nq)
-        # few queries (B, Nq, C), many keys (B, C, Nk)
-        q = self._heads(self.q_proj, query, False, query_pos)                            # (B, heads, Nq, C/h)
-        rows, keys = heads * q.shape[2], key.shape[2]
-        queries_k = torch.matmul(q, self.k_proj.weight.view(heads, head_dim, dim)).reshape(batch, rows, dim)
-        pixels = key if key_pos is None else key + key_pos
-        scores = torch.matmul(queries_k, pixels).view(batch, heads, q.shape[2], keys) * scale  # (B, heads, Nq, Nk)
-        if mask is not None:
-            scores = scores + mask
-        attn = scores.softmax(dim=-1).reshape(batch, rows, keys)
-        mixed = torch.matmul(attn, value.transpose(1, 2)).view(batch, heads, q.shape[2], dim)  # (B, heads, Nq, C)
-        weight_v = self.v_proj.weight.view(heads, head_dim, dim).transpose(1, 2)         # (heads, C, C/h)
-        out = torch.matmul(mixed, weight_v) + self.v_proj.bias.view(heads, 1, head_dim)  # (B, heads, Nq, C/h)
         return self.out_proj(out.transpose(1, 2).reshape(batch, query.shape[1], dim))
 
     def _heads(self, linear: nn.Linear, x: Tensor, channels_first: bool, pos: Tensor | None = None) -> Tensor:
