@@ -58,15 +58,15 @@ def sgemm_peak(threads: int, n: int, repeats: int) -> float:
     return 2.0 * n ** 3 / (timing.median / 1000.0) / 1e9
 
 
-def model_feed(onnx_path, frame: np.ndarray) -> dict:
-    """One letterboxed frame, the default prompts and the configured pruning."""
+def model_feed(onnx_path, frame: np.ndarray, prompts: list[str] | None = None) -> dict:
+    """One letterboxed frame, `prompts` (default: the default prompts) and the configured pruning."""
     from perception_core import assets
     from perception_core.runtime.preprocess import preprocess
     from perception_core.runtime.prompts import encode_prompts
 
     session = onnx_session(onnx_path, 1)
     inputs = session.get_inputs()
-    _, text = encode_prompts(list(assets.DEFAULT_PROMPTS))
+    _, text = encode_prompts(list(assets.DEFAULT_PROMPTS) if prompts is None else prompts)
     image, _ = preprocess(frame, inputs[0].shape[2])
     thresholds, min_kept = model_pruning(assets.PRESET, inputs[6].shape[0])
     return {"images": image, **text, "track_queries": np.zeros((1, 0, inputs[4].shape[2]), np.float32),

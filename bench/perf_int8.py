@@ -107,17 +107,30 @@ def quantize_static_model(source: Path, target: Path, reader, ops: Sequence[str]
     return target
 
 
-def quantized_models(model_path: Path, folder: Path, calibration_frames: list[np.ndarray]) -> dict:
+def variants_folder(model_path: Path, cache: Path) -> Path:
+    """The cache folder of one source model's variants: keyed by its contents and this file."""
+    from perception_core.ablation.data import file_digest
+
+    folder = cache / f"{model_path.stem}_{code_hash(file_digest(model_path), ('bench/perf_int8.py',))}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def dynamic_model(model_path: Path, cache: Path) -> Path:
+    """The int8 dynamic variant of `model_path` (also timed beside the float model by perf_latency)."""
+    folder = variants_folder(model_path, cache)
+    return quantize_dynamic_model(preprocessed(model_path, folder)[0], folder / "dynamic.onnx")
+
+
+def quantized_models(model_path: Path, cache: Path, calibration_frames: list[np.ndarray]) -> dict:
     """{'float32': path, 'int8 dynamic': path, 'int8 static QDQ': path} plus 'preprocessed' (bool)."""
     from perception_core import assets
     from perception_core.runtime.prompts import encode_prompts
     from perf_common import model_pruning
 
-    key = code_hash(f"{model_path.stat().st_size}|{model_path.stat().st_mtime_ns}|{len(calibration_frames)}",
-                    ("bench/perf_int8.py",))
-    folder = folder / f"{model_path.stem}_{key}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = variants_folder(model_path, cache)
     source, ok = preprocessed(model_path, folder)
+    calibrated = f"{len(calibration_frames)}frames"
     session = onnx_session(model_path, 1)
     inputs = session.get_inputs()
     _, text = encode_prompts(list(assets.DEFAULT_PROMPTS))
@@ -126,10 +139,10 @@ def quantized_models(model_path: Path, folder: Path, calibration_frames: list[np
         return FrameCalibrationReader(calibration_frames, inputs[0].shape[2], text, inputs[4].shape[2],
                                       model_pruning(assets.PRESET, inputs[6].shape[0]))
     print("[bench] int8: quantizing (dynamic, static QDQ with calibration) ...", flush=True)
-    return {"float32": model_path, "int8 dynamic": quantize_dynamic_model(source, folder / "dynamic.onnx"),
-            "int8 static QDQ": quantize_static_model(source, folder / "static_qdq.onnx", reader()),
-            "int8 static QDQ, Conv only": quantize_static_model(source, folder / "static_qdq_conv.onnx", reader(),
-                                                                ("Conv",)),
+    return {"float32": model_path, "int8 dynamic": dynamic_model(model_path, cache),
+            "int8 static QDQ": quantize_static_model(source, folder / f"static_qdq_{calibrated}.onnx", reader()),
+            "int8 static QDQ, Conv only": quantize_static_model(source, folder / f"static_qdq_conv_{calibrated}.onnx",
+                                                                reader(), ("Conv",)),
             "preprocessed": ok}
 
 

@@ -51,37 +51,15 @@ def default_model(settings: Settings, frame: np.ndarray):
     return bench_model(folder, SIZE, frame, list(assets.DEFAULT_PROMPTS))
 
 
-def int8_dynamic(settings: Settings, onnx_path) -> Path:
-    """The model with int8 weights in its MatMul/Gemm (perf_int8's dynamic variant), cached by file digest."""
-    import perf_int8
-    from perception_core.ablation.data import file_digest
-
-    folder = settings.cache / "int8" / file_digest(Path(onnx_path))
-    target = folder / "dynamic.onnx"
-    if not target.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        source, _ = perf_int8.preprocessed(Path(onnx_path), folder)
-        perf_int8.quantize_dynamic_model(source, target)
-    return target
-
-
 def model_only(settings: Settings, onnx_path, frame: np.ndarray, prompts: list[str]) -> dict:
     """Model-only latency of one real frame with these prompts and the configured pruning; the int8
-    dynamic variant of the same file is timed in the same round-robin."""
-    from perception_core import assets
-    from perception_core.runtime.preprocess import preprocess
-    from perception_core.runtime.prompts import encode_prompts
+    dynamic variant of the same file (perf_int8's, cached) is timed in the same round-robin."""
+    import perf_int8
+    from perf_efficiency import model_feed
 
     session = onnx_session(onnx_path, settings.threads)
-    layers = session.get_inputs()[6].shape[0]
-    hidden = session.get_inputs()[4].shape[2]
-    thresholds, min_kept = model_pruning(assets.PRESET, layers)
-    _, text = encode_prompts(prompts)
-    image, _ = preprocess(frame, session.get_inputs()[0].shape[2])
-    feed = {"images": image, **text, "track_queries": np.zeros((1, 0, hidden), np.float32),
-            "track_boxes": np.zeros((1, 0, 4), np.float32), "prune_thresholds": thresholds,
-            "prune_min_kept": min_kept}
-    quantized = onnx_session(int8_dynamic(settings, onnx_path), settings.threads)
+    feed = model_feed(onnx_path, frame, prompts)
+    quantized = onnx_session(perf_int8.dynamic_model(Path(onnx_path), settings.cache / "int8"), settings.threads)
     timings = time_interleaved({"model": lambda: session.run(None, feed), "int8": lambda: quantized.run(None, feed)},
                                settings.repeats * 2, settings.warmup, BLOCK)
     timing = timings["model"]
