@@ -186,3 +186,46 @@ def test_bottleneck_pixel_decoder_lowered_equals_grid_sample_float64(batch):
     torch.testing.assert_close(lowered.selection_tokens, expected.selection_tokens, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(lowered.memory[0], expected.memory[0], rtol=1e-10, atol=1e-10)
     assert float(expected.selection_tokens.std()) > 0.5
+
+
+@pytest.mark.parametrize("level_shapes", [[(12, 10), (6, 5), (3, 3), (2, 2)], [(6, 5), (5, 4), (3, 3), (2, 2)]])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_factored_first_level_canvas_equals_dense_float64(batch, level_shapes):
+    """S3 as a NormedProjection (the export's SplitCanvas: level 0 projected from its input statistics,
+    never formed; the band as a canvas) gives the pixel decoder's outputs of the dense S3, both lowered
+    and eagerly; the second shapes have a band wider than level 0 (its projected map is padded)."""
+    from torch import nn
+
+    from perception_core.model.neck import NormedProjection
+    from perception_core.model.pixel_decoder_bottleneck import BottleneckPixelDecoder
+    from perception_core.model.pixel_decoder_common import TextContext
+
+    torch.manual_seed(0)
+    decoder = BottleneckPixelDecoder(32, num_blocks=2, heads=4, points=3, ffn_dim=48).double().eval()
+    assert decoder.reads_factored_first_level
+    generator = torch.Generator().manual_seed(4)
+    conv, norm = nn.Conv2d(8, 32, 1, bias=False).double(), nn.GroupNorm(8, 32).double()
+    with torch.no_grad():
+        for block in decoder.blocks:
+            block.cross_attn.sampling_offsets.weight.normal_(0, 3, generator=generator)
+            block.cross_attn.value_proj.bias.normal_(0, 1, generator=generator)
+        decoder.level_embed.normal_(0, 1, generator=generator)
+        conv.weight.normal_(0, 1, generator=generator)
+        norm.weight.normal_(1, 0.5, generator=generator)
+        norm.bias.normal_(0, 1, generator=generator)
+    (h0, w0), *rest = level_shapes
+    s3 = torch.randn(batch, 8, h0, w0, generator=generator, dtype=torch.float64) * 3 + 1
+    first = NormedProjection(s3, conv, norm)
+    others = [torch.randn(batch, 32, h, w, generator=generator, dtype=torch.float64) for h, w in rest]
+    s2 = torch.randn(batch, 32, 4 * rest[0][0], 4 * rest[0][1], generator=generator, dtype=torch.float64)
+    text = TextContext(torch.randn(batch, 5, 32, generator=generator, dtype=torch.float64),
+                       torch.tensor([[False, False, False, True, True]]))
+    with torch.no_grad():
+        expected = decoder(s2, [first.dense(), *others], text)
+        eager = decoder(s2, [first, *others], text)
+        with deform_conv.lowered_sampling():
+            lowered = decoder(s2, [first, *others], text)
+    for got in (eager, lowered):
+        torch.testing.assert_close(got.selection_tokens, expected.selection_tokens, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(got.memory[0], expected.memory[0], rtol=1e-10, atol=1e-10)
+    assert float(expected.selection_tokens.std()) > 0.5

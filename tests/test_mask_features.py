@@ -34,6 +34,24 @@ def test_normed_projection_read_equals_kernels_dot_groupnorm_float64():
     torch.testing.assert_close(fine.read(kernels), expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("bias_shape", ["per_channel", "per_pixel"])
+def test_normed_projection_project_equals_linear_of_groupnorm_float64(bias_shape):
+    """V GN(W x) + b for several V from one set of input statistics, without forming GN(W x)."""
+    fine = _normed_projection()
+    g = torch.Generator().manual_seed(3)
+    weights = [torch.randn(cout, 12, generator=g, dtype=torch.float64) for cout in (12, 7)]
+    pixels = 1 if bias_shape == "per_channel" else 7 * 9
+    biases = [torch.randn(w.shape[0], pixels, generator=g, dtype=torch.float64) for w in weights]
+    dense = fine.dense().flatten(2)
+    got = fine.project(weights, biases)
+    for out, weight, bias in zip(got, weights, biases):
+        assert out.shape == (2, weight.shape[0], 7 * 9)
+        torch.testing.assert_close(out, torch.matmul(weight, dense) + bias, rtol=1e-10, atol=1e-10)
+    scale, offset = fine.group_affine()
+    torch.testing.assert_close(scale[:, :, None] * torch.matmul(fine.weight, fine.inputs.flatten(2))
+                               + offset[:, :, None], dense, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("as_matmul", [False, True])
 @pytest.mark.parametrize("factored_fine", [False, True])
 def test_mask_features_read_equals_dense_map_float64(factored_fine, as_matmul):

@@ -252,6 +252,8 @@ def project_many(attentions: Sequence[MSDeformAttn], value: "Tensor | deform_con
     optional constant `embedding` (C, S) (folded into each projection's bias in the export's form,
     layers.affine_channels_first), or a ValueCanvas built once. One matmul per attention:
     onnxruntime's Split of a joint result would copy every projection once more."""
+    if isinstance(value, deform_conv.SplitCanvas):
+        return _project_split(attentions, value, embedding)
     if not isinstance(value, deform_conv.ValueCanvas):
         return [ProjectedValues(linear_channels_first(a.value_proj, value, embedding)) for a in attentions]
     if embedding is not None:
@@ -260,3 +262,29 @@ def project_many(attentions: Sequence[MSDeformAttn], value: "Tensor | deform_con
     return [ProjectedValues(torch.matmul(torch.cat([a.value_proj.weight, a.value_proj.bias[:, None]], dim=1),
                                          value.tensor).reshape(batch, -1, layout.height, layout.width), layout)
             for a in attentions]
+
+
+def _project_split(attentions: Sequence[MSDeformAttn], value: "deform_conv.SplitCanvas",
+                   embedding: Tensor | None) -> list[ProjectedValues]:
+    """project_many of a SplitCanvas: level 0 through its input statistics (NormedProjection.project,
+    the embedding's projection V e + b a constant), the band as one matmul with the bias column, and
+    the two stacked into each attention's canvas."""
+    if embedding is not None:
+        raise ValueError("a SplitCanvas carries its level embeddings already")
+    layout, first = value.layout, value.first
+    batch, _, height, width = first.shape
+    weights = [a.value_proj.weight for a in attentions]
+    biases = [torch.matmul(a.value_proj.weight, value.first_embedding) + a.value_proj.bias[:, None]
+              for a in attentions]                                                 # V e + b, constants
+    firsts = first.project(weights, biases)
+    out = []
+    for attention, projected in zip(attentions, firsts):
+        canvas = projected.view(batch, -1, height, width)
+        if width < layout.width:
+            canvas = F.pad(canvas, (0, layout.width - width))
+        if value.band is not None:
+            proj = attention.value_proj
+            band = torch.matmul(torch.cat([proj.weight, proj.bias[:, None]], dim=1), value.band)
+            canvas = torch.cat([canvas, band.view(batch, -1, layout.band_height, layout.width)], dim=2)
+        out.append(ProjectedValues(canvas, layout))
+    return out

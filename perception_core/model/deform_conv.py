@@ -100,13 +100,23 @@ def levels_to_canvas(levels: Sequence[Tensor], layout: CanvasLayout) -> Tensor:
         first = F.pad(first, (0, layout.width - first.shape[-1]))
     if len(levels) == 1:
         return first
+    return torch.cat([first, band_to_canvas(levels[1:], layout)], dim=2)
+
+
+def band_to_canvas(levels: Sequence[Tensor], layout: CanvasLayout) -> Tensor:
+    """[(B, C, H_l, W_l)] maps of levels 1.. -> (B, C, band_height, width): the canvas below level 0."""
     band = []
-    for index, level in enumerate(levels[1:], start=1):
+    for index, level in enumerate(levels, start=1):
         _, column = layout.origins[index]
         # the zero column after each level; the last one's pad fills the band to the canvas width
-        right = 1 if index < len(levels) - 1 else layout.width - column - level.shape[-1]
+        right = 1 if index < len(levels) else layout.width - column - level.shape[-1]
         band.append(F.pad(level, (0, right, 1, layout.band_height - 1 - level.shape[-2])))
-    return torch.cat([first, torch.cat(band, dim=3)], dim=2)
+    return torch.cat(band, dim=3)
+
+
+def _with_validity(canvas: Tensor, valid: Tensor) -> Tensor:
+    """(B, C, h, w) canvas + its (1, 1, h, w) validity -> (B, C + 1, h * w)."""
+    return torch.cat([canvas, valid.expand(canvas.shape[0], -1, -1, -1)], dim=1).flatten(2)
 
 
 class ValueCanvas(NamedTuple):
@@ -122,10 +132,8 @@ class ValueCanvas(NamedTuple):
     def from_levels(levels: Sequence[Tensor]) -> "ValueCanvas":
         """[(B, C, H_l, W_l)] unprojected level maps -> canvas with the validity channel."""
         layout = canvas_layout([(int(f.shape[-2]), int(f.shape[-1])) for f in levels])
-        batch = levels[0].shape[0]
         valid = to_canvas(levels[0].new_ones(1, 1, sum(h * w for h, w in layout.shapes)), layout)
-        canvas = torch.cat([levels_to_canvas(levels, layout), valid.expand(batch, -1, -1, -1)], dim=1)
-        return ValueCanvas(canvas.flatten(2), layout)
+        return ValueCanvas(_with_validity(levels_to_canvas(levels, layout), valid), layout)
 
     @staticmethod
     def build(value: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> "ValueCanvas":
@@ -134,6 +142,29 @@ class ValueCanvas(NamedTuple):
         sizes = [h * w for h, w in spatial_shapes]
         return ValueCanvas.from_levels([level.reshape(batch, channels, h, w) for level, (h, w)
                                         in zip(value.split(sizes, 2), spatial_shapes)])
+
+
+class SplitCanvas(NamedTuple):
+    """A ValueCanvas whose first level is not formed: it is a `neck.NormedProjection` GN(W x) plus a
+    constant (C, H_0 * W_0) embedding, which each attention's value projection V reads as
+    V GN(W x) + V e + b through the input statistics (C x Cin instead of C x C multiply-adds per
+    pixel, and no GroupNorm pass); the band below it is a ValueCanvas-like (B, C + 1, band) tensor
+    with its validity channel. `deform_attn.project_many` assembles each projected canvas."""
+    first: object                          # neck.NormedProjection of level 0
+    first_embedding: Tensor                # (C, H_0 * W_0)
+    band: Tensor | None                    # (B, C + 1, band_height * width); None with one level
+    layout: CanvasLayout
+
+    @staticmethod
+    def from_levels(first, first_embedding: Tensor, levels: Sequence[Tensor]) -> "SplitCanvas":
+        """first: level 0 factored (B, C, H_0, W_0 by its .shape); levels: the other levels' maps,
+        their embeddings added."""
+        shapes = [tuple(int(d) for d in first.shape[-2:])] + [(int(f.shape[-2]), int(f.shape[-1])) for f in levels]
+        layout = canvas_layout(shapes)
+        if not levels:
+            return SplitCanvas(first, first_embedding, None, layout)
+        valid = band_to_canvas([first_embedding.new_ones(1, 1, h, w) for h, w in shapes[1:]], layout)
+        return SplitCanvas(first, first_embedding, _with_validity(band_to_canvas(levels, layout), valid), layout)
 
 
 def lowered_sample(query: Tensor, sampling_offsets: nn.Linear, attention_weights: nn.Linear, canvas: Tensor,

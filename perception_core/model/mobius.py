@@ -32,6 +32,12 @@ class Mobius(nn.Module):
         self.deployed = True
         return self
 
+    def image_features(self, images: Tensor) -> tuple:
+        """Backbone and input projection: (S2 factored, [S3, S4, S5, S6]); S3 factored too where the
+        pixel decoder reads it so (it forms the dense map itself outside the export's lowered path)."""
+        factored = getattr(self.pixel_decoder, "reads_factored_first_level", False)
+        return self.projection(self.backbone(images), factored_first=factored)
+
     def encode_prompts(self, text_tokens: Tensor, text_mask: Tensor, text_pooled: Tensor,
                        batch: int) -> tuple[TextContext, Tensor]:
         """(P, T, Dt), (P, T) bool valid, (P, Dt) -> text context (B, P*T, C) and z_text (P, C)."""
@@ -66,7 +72,7 @@ class Mobius(nn.Module):
         """
         batch = images.shape[0]
         text, prompts = self.encode_prompts(text_tokens, text_mask, text_pooled, batch)
-        s2, pyramid = self.projection(self.backbone(images))
+        s2, pyramid = self.image_features(images)
         pixels = self.pixel_decoder(s2, pyramid, text)
         extra = one_to_many if self.training else 0
         selected = self.selection(pixels.selection_tokens, pixels.selection_anchors, prompts, extra)

@@ -5,7 +5,7 @@ S6 is S5 downsampled by a stride-2 convolution (MOBIUS Sec. 3.1).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,17 @@ class NormedProjection(NamedTuple):
     def read_parts(self, kernels: Tensor) -> tuple[Tensor, Tensor]:
         """`read` as its per-pixel part (B, N, H*W) and its per-kernel constant (B, N, 1), whose sum
         it is: a caller with another per-kernel constant adds both where it is cheapest."""
-        batch, channels, height, width = self.shape
+        scale, offset = self.group_affine()
+        scaled = kernels * scale[:, None, :]                                       # (B, N, C)
+        # k . (beta - gamma mu_g / sigma_g), as (B, N, 1) matmuls (onnxruntime also takes N = 0)
+        constant = torch.matmul(kernels, offset[:, :, None])
+        pixel = torch.matmul(torch.matmul(scaled, self.weight), self.inputs.flatten(2))  # (B, N, P)
+        return pixel, constant
+
+    def group_affine(self) -> tuple[Tensor, Tensor]:
+        """GN(W x)_c = scale_c (w_c . x) + offset_c at every pixel: scale = gamma_c / sigma_g(c) and
+        offset = beta_c - scale_c mu_g(c), (B, C) each, from the mean and covariance of x."""
+        batch, channels, _, _ = self.shape
         groups = self.norm.num_groups
         x = self.inputs.flatten(2)                                                  # (B, Cin, P)
         mean = x.mean(-1)                                                           # (B, Cin)
@@ -61,11 +71,22 @@ class NormedProjection(NamedTuple):
         inverse = torch.rsqrt(group_var + self.norm.eps)                           # (B, G, 1)
         scale = (self.norm.weight.view(groups, -1) * inverse).view(batch, channels)  # gamma_c / sigma_g
         shift = group_mean.expand_as(spread).reshape(batch, channels)             # mu_g per channel
-        scaled = kernels * scale[:, None, :]                                       # (B, N, C)
-        # k . beta - sum_c k_c gamma_c mu_g / sigma_g, as (B, N, 1) matmuls (onnxruntime also takes N = 0)
-        constant = torch.matmul(kernels, self.norm.bias[:, None]) - torch.matmul(scaled, shift[:, :, None])
-        pixel = torch.matmul(torch.matmul(scaled, self.weight), x)                 # (B, N, P)
-        return pixel, constant
+        return scale, self.norm.bias - scale * shift
+
+    def project(self, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> list[Tensor]:
+        """[V GN(W x) + b] for each (Cout, C) matrix V and (Cout, P) or (Cout, 1) bias b: (B, Cout, P)
+        each, as one (Cout, Cin + 1) matmul per V on x with a row of ones, (V diag(scale) W | V offset),
+        so the C-channel map is never formed (C x Cin instead of C x C multiply-adds per pixel and V).
+        The statistics are taken once for all V."""
+        scale, offset = self.group_affine()
+        x = self.inputs.flatten(2)
+        x = torch.cat([x, x.new_ones(x.shape[0], 1, x.shape[2])], dim=1)           # (B, Cin + 1, P)
+        outs = []
+        for weight, bias in zip(weights, biases):
+            folded = torch.matmul(weight * scale[:, None, :], self.weight)         # (B, Cout, Cin)
+            constant = torch.matmul(weight, offset[:, :, None])                    # (B, Cout, 1)
+            outs.append(torch.matmul(torch.cat([folded, constant], dim=2), x) + bias)
+        return outs
 
 
 class InputProjection(nn.Module):
@@ -76,11 +97,15 @@ class InputProjection(nn.Module):
         self.levels = nn.ModuleList([conv_norm(c3, dim), conv_norm(c4, dim), conv_norm(c5, dim)])
         self.s6 = conv_norm(c5, dim, kernel=3, stride=2)
 
-    def forward(self, features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, features: list[Tensor], factored_first: bool = False
+                ) -> tuple[NormedProjection, list[Tensor | NormedProjection]]:
         """[S2..S5] backbone maps -> (S2 projected (B,C,H/4,W/4), factored, see `NormedProjection`;
-        [S3, S4, S5, S6] each (B,C,h,w))."""
+        [S3, S4, S5, S6] each (B,C,h,w)). With `factored_first`, S3 is a `NormedProjection` too: for
+        a pixel decoder that reads it only through linear maps (BottleneckPixelDecoder's value
+        projections)."""
         s2, s3, s4, s5 = features
-        pyramid = [proj(f) for proj, f in zip(self.levels, (s3, s4, s5))]
-        pyramid.append(self.s6(s5))
+        s3_conv, s3_norm = self.levels[0]
+        pyramid = [NormedProjection(s3, s3_conv, s3_norm) if factored_first else self.levels[0](s3),
+                   self.levels[1](s4), self.levels[2](s5), self.s6(s5)]
         conv, norm = self.s2
         return NormedProjection(s2, conv, norm), pyramid

@@ -89,22 +89,38 @@ class BottleneckPixelDecoder(nn.Module):
                                                     update_text=i < num_blocks - 1) for i in range(num_blocks))
         self.mask_head = MaskFeatureHead(dim, upsample=bottleneck_stride // 4)
 
-    def forward(self, s2: Tensor | NormedProjection, pyramid: list[Tensor], text: TextContext) -> PixelDecoderOutput:
-        """s2: (B,C,H/4,W/4); pyramid: [S3,S4,S5,S6] each (B,C,h,w); text tokens (B,T,C)."""
+    @property
+    def reads_factored_first_level(self) -> bool:
+        """S3 may come as a NormedProjection (InputProjection(factored_first=True)) unless it is B;
+        `forward` forms it where it needs the map (eagerly, or as multi-scale decoder memory)."""
+        return self.bottleneck_level != 0
+
+    def forward(self, s2: Tensor | NormedProjection, pyramid: list[Tensor | NormedProjection],
+                text: TextContext) -> PixelDecoderOutput:
+        """s2: (B,C,H/4,W/4); pyramid: [S3,S4,S5,S6] each (B,C,h,w), S3 possibly factored; text
+        tokens (B,T,C)."""
+        if self.multi_scale_memory:   # the decoder attends to S3 itself: form it
+            pyramid = [f.dense() if isinstance(f, NormedProjection) else f for f in pyramid]
         batch, dim, height, width = pyramid[self.bottleneck_level].shape
         level_shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in pyramid]
-        device, dtype = pyramid[0].device, pyramid[0].dtype
+        device, dtype = pyramid[self.bottleneck_level].device, pyramid[self.bottleneck_level].dtype
         # Values carry their level embedding so the cross-attention can tell scales apart.
         embed = level_position_embeddings(level_shapes, dim, self.level_embed, device, dtype).transpose(0, 1)
-        values: Tensor | deform_conv.ValueCanvas
+        values: Tensor | deform_conv.ValueCanvas | deform_conv.SplitCanvas
         if deform_conv.is_lowered(height * width):
             # export: each level map gets its embedding and goes into one canvas that every block's
-            # DeformConv reads (never flattened, concatenated and split again)
+            # DeformConv reads (never flattened, concatenated and split again); a factored S3 is
+            # projected from its input statistics and never formed (deform_conv.SplitCanvas)
             parts = embed.split([h * w for h, w in level_shapes], dim=1)
-            values = deform_conv.ValueCanvas.from_levels([f + e.view(dim, h, w) for f, e, (h, w)
-                                                          in zip(pyramid, parts, level_shapes)])
+            levels = [f if isinstance(f, NormedProjection) else f + e.view(dim, h, w)
+                      for f, e, (h, w) in zip(pyramid, parts, level_shapes)]
+            if isinstance(levels[0], NormedProjection):
+                values = deform_conv.SplitCanvas.from_levels(levels[0], parts[0], levels[1:])
+            else:
+                values = deform_conv.ValueCanvas.from_levels(levels)
         else:
-            values = torch.cat([f.flatten(2) for f in pyramid], dim=2) + embed                 # (B, C, S)
+            dense = [f.dense() if isinstance(f, NormedProjection) else f for f in pyramid]
+            values = torch.cat([f.flatten(2) for f in dense], dim=2) + embed                   # (B, C, S)
         pos = sine_position_embedding(height, width, dim, device, dtype)
         pos = (pos + self.level_embed[self.bottleneck_level]).t()                     # (C, N)
         ref_points = reference_grid([(height, width)], device, dtype)

@@ -46,7 +46,7 @@ class MaskGraph(nn.Module):
         """Mask features M (B, C, S/4, S/4), factored, of these images under these prompts."""
         pooled = torch.zeros(text_tokens.shape[0], text_tokens.shape[2], dtype=text_tokens.dtype)
         text, _ = self.model.encode_prompts(text_tokens, text_mask, pooled, images.shape[0])
-        s2, pyramid = self.model.projection(self.model.backbone(images))
+        s2, pyramid = self.model.image_features(images)
         return self.model.pixel_decoder(s2, pyramid, text).mask_features
 
     def kernels(self, query_embed: Tensor) -> Tensor:
