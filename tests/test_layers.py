@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from perception_core.model import deform_conv
-from perception_core.model.layers import FFN, MultiHeadAttention, TokenGroupNorm, export_form, linear_channels_first
+from perception_core.model.layers import (FFN, MultiHeadAttention, TokenGroupNorm, box_position_embedding, export_form,
+                                          linear_channels_first)
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -64,6 +65,20 @@ def test_ffn_norm_and_linear_channels_first_equal_tokens_first_float64():
     linear = ffn.linear1
     torch.testing.assert_close(linear_channels_first(linear, tokens.transpose(1, 2)).transpose(1, 2), linear(tokens),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("queries", [0, 1, 37])
+def test_box_position_embedding_export_form_equals_sin_cos_float64(queries):
+    """The export's sin(boxes @ F + phase) is DAB-DETR's interleaved (sin, cos) embedding per coordinate."""
+    boxes = torch.rand(2, queries, 4, dtype=torch.float64)
+    expected = box_position_embedding(boxes, 64)
+    with export_form():
+        got = box_position_embedding(boxes, 64)
+    assert got.shape == expected.shape == (2, queries, 128)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    if queries:   # the layout itself: coordinate 1 (cy), frequency 0, (sin, cos)
+        angle = boxes[0, 0, 1] * 2 * torch.pi
+        torch.testing.assert_close(got[0, 0, 32:34], torch.stack([angle.sin(), angle.cos()]))
 
 
 @pytest.mark.parametrize("lowered,folded", [(False, False), (True, False), (True, True)])
