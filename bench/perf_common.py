@@ -226,10 +226,9 @@ def clip_frames(frames: int, seed: int = 7) -> tuple[list[np.ndarray], list[dict
 
 def clip_prompts(tracks: list[dict]) -> list[str]:
     """Composition names of a generated clip's objects ("red star", ...), in category-id order."""
-    from perception_core.training.synth.vocabulary import composition_name, composition_of
+    from perception_core.training.synth.vocabulary import present_names
 
-    ids = sorted({int(track["category_id"]) for track in tracks})
-    return [composition_name(*composition_of(i)) for i in ids]
+    return present_names(tracks)
 
 
 def relative(path: str | Path) -> str:

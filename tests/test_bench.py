@@ -261,3 +261,27 @@ def test_node_section_reports_goals_from_the_summary():
     assert "31.0 Hz, **met**" in text and "2.50x, **not met**" in text
     summary["node_rate_hz"] = 12.0
     assert "12.0 Hz, **not met**" in perf_node.render({"summary": summary, "frames": 300, "fps": 60.0}, (0, 0, 0))
+
+
+@pytest.mark.parametrize("reuse_instances", [0.0, 1.4])
+def test_runtime_bench_warns_when_reuse_rows_measured_empty_frames(reuse_instances):
+    """`mobius bench` flags kernel-reuse rows whose frames had nothing tracked (inference skipped)."""
+    from perception_core.bench_command import BenchModel, BenchRow, markdown
+
+    stages = {name: 1.0 for name in ("preprocess", "inference", "postprocess", "tracking", "total")}
+    rows = [BenchRow("onnx", 2, 1, stages, 15.0, 15.0, None, 1.5, 20),
+            BenchRow("onnx", 2, 3, stages, 6.0, 15.0, 0.7 if reuse_instances == 0 else 11.0, reuse_instances, 20)]
+    model = BenchModel(Path("m.onnx"), Path("m.safetensors"), "mobius_nano", True)
+    frames = [np.zeros((288, 384, 3), np.uint8)]
+    text = markdown(rows, model, frames, ["blue circle"], 3, 384, (11.0, 0.1), (1.0, 1.0, 1.0), 0.1)
+    assert "score threshold 0.1" in text and "['blue circle']" in text
+    assert ("upper bound" in text) == (reuse_instances < 0.5)
+
+
+def test_clip_prompts_are_the_clips_categories():
+    from perception_core.training.synth.vocabulary import category_id, present_names
+
+    records = [{"category_id": category_id("star", "red")}, {"category_id": category_id("circle", "blue")},
+               {"category_id": category_id("star", "red")}]
+    expected = sorted(["red star", "blue circle"], key=lambda name: category_id(*name.split()[::-1]))
+    assert present_names(records) == expected   # each category once, in category-id order

@@ -63,6 +63,12 @@ def composition_of(category: int) -> tuple[str, str]:
     return SHAPES[shape_index], COLORS[color_index]
 
 
+def present_names(records: list[dict]) -> list[str]:
+    """Composition names ("red star", ...) of the categories in annotation or track records (each
+    with a "category_id"), in category-id order: a generated clip's own prompts."""
+    return [composition_name(*composition_of(i)) for i in sorted({int(r["category_id"]) for r in records})]
+
+
 def categories() -> list[dict]:
     """The 64 COCO category records, ordered by id."""
     return [{"id": category_id(shape, color), "name": composition_name(shape, color),
