@@ -5,7 +5,7 @@ import torch
 
 from perception_core.model import deform_conv
 from perception_core.model.layers import (FFN, MultiHeadAttention, TokenGroupNorm, box_position_embedding, export_form,
-                                          linear_channels_first)
+                                          l2_normalize, linear_channels_first)
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -79,6 +79,33 @@ def test_box_position_embedding_export_form_equals_sin_cos_float64(queries):
     if queries:   # the layout itself: coordinate 1 (cy), frequency 0, (sin, cos)
         angle = boxes[0, 0, 1] * 2 * torch.pi
         torch.testing.assert_close(got[0, 0, 32:34], torch.stack([angle.sin(), angle.cos()]))
+
+
+def test_l2_normalize_is_f_normalize_float64():
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    x[0, 0] = 0.0                                  # a zero vector stays zero, as with F.normalize's eps
+    torch.testing.assert_close(l2_normalize(x), torch.nn.functional.normalize(x, dim=-1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("embedding", [None, "column", "full"])
+def test_project_many_export_form_equals_eager_float64(embedding):
+    """The export's ones-row form (one bias column per projection) is W (x + e) + b."""
+    from perception_core.model.deform_attn import MSDeformAttn, project_many
+
+    torch.manual_seed(0)
+    attentions = [MSDeformAttn(16, levels=1, heads=2, points=2).double() for _ in range(3)]
+    for attention in attentions:
+        torch.nn.init.normal_(attention.value_proj.bias)
+    value = torch.randn(2, 16, 30, dtype=torch.float64)
+    e = {None: None, "column": torch.randn(16, 1, dtype=torch.float64),
+         "full": torch.randn(16, 30, dtype=torch.float64)}[embedding]
+    eager = project_many(attentions, value, e)
+    with export_form():
+        exported = project_many(attentions, value, e)
+    for a, got, want in zip(attentions, exported, eager):
+        expected = a.value_proj.weight @ (value if e is None else value + e) + a.value_proj.bias[:, None]
+        torch.testing.assert_close(want.tensor, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got.tensor, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("lowered,folded", [(False, False), (True, False), (True, True)])

@@ -47,6 +47,20 @@ def test_select_kept_threshold_min_kept_and_batch_union():
     assert select_kept(conf[:1], 2.0, 10).tolist() == [0, 1, 2, 3, 4]  # min_kept > N keeps all
 
 
+def test_select_kept_min_kept_is_the_top_k_and_keeps_ties_at_the_boundary():
+    generator = torch.Generator().manual_seed(0)
+    conf = torch.rand(3, 50, generator=generator)
+    for k in (1, 7, 49, 50, 80):
+        kept = select_kept(conf, 2.0, k)                      # tau above every score: min_kept alone
+        expected = set()
+        for row in conf:
+            expected |= set(row.topk(min(k, 50)).indices.tolist())
+        assert kept.tolist() == sorted(expected)
+    tied = torch.tensor([[0.5, 0.9, 0.5, 0.1]])
+    assert select_kept(tied, 2.0, 2).tolist() == [0, 1, 2]    # both 0.5s share rank 1
+    assert select_kept(torch.zeros(1, 0), 0.5, 3).numel() == 0
+
+
 def test_query_confidence_is_max_sigmoid_and_handles_empty():
     logits = torch.tensor([[[0.0, 2.0], [-1.0, -3.0]]])
     torch.testing.assert_close(query_confidence(logits), torch.sigmoid(torch.tensor([[2.0, -1.0]])))

@@ -120,12 +120,16 @@ class TransformerDecoder(nn.Module):
             ref = new_ref.detach()
             if prune is not None and index < last:
                 keep = select_kept(query_confidence(logits), prune.taus[index], prune.min_kept)
-                tgt, ref, kept = tgt[:, keep], ref[:, keep], kept[keep]
+                # index_select exports as one Gather each (tgt[:, keep] as GatherND between transposes)
+                tgt, ref, kept = tgt.index_select(1, keep), ref.index_select(1, keep), kept.index_select(0, keep)
         out["hidden"] = tgt
         out["kept_indices"] = kept
         out["kept_per_layer"] = torch.stack(out["kept_per_layer"])
         return out
 
     def _level_embedding(self, shapes: list[tuple[int, int]]) -> Tensor:
-        """(S, C): each memory token gets the learned embedding of its level."""
+        """(S, C): each memory token gets the learned embedding of its level; (1, C) for one level (it
+        broadcasts, and the export folds it with the bias into a column of each value projection)."""
+        if len(shapes) == 1:
+            return self.level_embed[:1]
         return torch.cat([self.level_embed[i].expand(h * w, -1) for i, (h, w) in enumerate(shapes)], dim=0)

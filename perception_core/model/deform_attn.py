@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import deform_conv
-from .layers import affine_channels_first, linear_channels_first
+from .layers import affine_channels_first, in_export_form, linear_channels_first
 
 
 def deform_sample(value: Tensor, spatial_shapes: list[tuple[int, int]], grids: Tensor, weights: Tensor) -> Tensor:
@@ -255,6 +255,12 @@ def project_many(attentions: Sequence[MSDeformAttn], value: "Tensor | deform_con
     if isinstance(value, deform_conv.SplitCanvas):
         return _project_split(attentions, value, embedding)
     if not isinstance(value, deform_conv.ValueCanvas):
+        if in_export_form() and (embedding is None or embedding.shape[-1] == 1):
+            # the same constant W e + b at every position: one more weight column, and a row of ones
+            # under x built once for all attentions, instead of one bias add per attention
+            ones = torch.cat([value, value.new_ones(value.shape[0], 1, value.shape[-1])], dim=1)
+            return [ProjectedValues(torch.matmul(torch.cat([a.value_proj.weight, _bias_column(a, embedding)], dim=1),
+                                                 ones)) for a in attentions]
         return [ProjectedValues(linear_channels_first(a.value_proj, value, embedding)) for a in attentions]
     if embedding is not None:
         raise ValueError("a ValueCanvas carries its level embeddings already")
@@ -262,6 +268,12 @@ def project_many(attentions: Sequence[MSDeformAttn], value: "Tensor | deform_con
     return [ProjectedValues(torch.matmul(torch.cat([a.value_proj.weight, a.value_proj.bias[:, None]], dim=1),
                                          value.tensor).reshape(batch, -1, layout.height, layout.width), layout)
             for a in attentions]
+
+
+def _bias_column(attention: MSDeformAttn, embedding: Tensor | None) -> Tensor:
+    """(C, 1): W e + b of a (C, 1) embedding e (b without one)."""
+    bias = attention.value_proj.bias[:, None]
+    return bias if embedding is None else torch.matmul(attention.value_proj.weight, embedding) + bias
 
 
 def _project_split(attentions: Sequence[MSDeformAttn], value: "deform_conv.SplitCanvas",

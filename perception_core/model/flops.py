@@ -38,7 +38,7 @@ Components (forward hooks on the named submodules of `Mobius`, batch 1, square S
                      deployment graph (masks, q^ . M at stride 4, from the last layer only).
     decoder_pruned   the same with `kept_per_layer[l]` queries entering layer l: either measured
                      on the pruned eval run (random weights keep about `pruning.min_kept`; includes
-                     the pruning decision's tiny vote matmul) or, with `kept=`, replayed layer by
+                     the pruning decision's tiny rank and vote matmuls) or, with `kept=`, replayed layer by
                      layer (see `_replay_decoder`).
     total            vision_encoder + pixel_decoder + decoder_pruned; the text encoder is excluded
                      (Tab. 10, Fig. 2) and reported separately in text_encoder.
@@ -262,8 +262,9 @@ def _decoder_layer_flops(decoder: nn.Module, args: tuple, kwargs: dict, num_quer
 def _replay_decoder(decoder: nn.Module, args: tuple, kwargs: dict, kept: Sequence[int]) -> int:
     """Decoder FLOPs with kept[l] queries entering layer l. Every op depends only on the shapes, so
     layer l's cost at N queries is read from an unpruned run on N queries (one run per distinct N).
-    The pruning decision itself (`select_kept`: a (1, B) x (B, N) vote matmul, 2*B*N FLOPs per step)
-    is not replayed, so a replay is a few hundred FLOPs below the measured pruned run."""
+    The pruning decision itself (`select_kept`: the rank count, a (B, N, N) x (N, 1) matmul, and the
+    vote, a (1, B) x (B, N) matmul: 2*B*N*(N + 1) FLOPs per step, 20 kFLOPs at N = 100) is not
+    replayed, so a replay is that much below the measured pruned run."""
     per_count = {n: _decoder_layer_flops(decoder, args, kwargs, n) for n in sorted(set(kept))}
     prologue = per_count[kept[0]][0]
     return prologue + sum(per_count[n][1][layer] for layer, n in enumerate(kept))

@@ -119,6 +119,12 @@ def _sine(positions: Tensor, dim: int, temperature: float) -> Tensor:
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)
 
 
+def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """F.normalize(x, dim=-1), the same ops without its expand_as (an Expand and its shape arithmetic
+    in the export; the division broadcasts)."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
+
+
 def box_position_embedding(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
     """Sine embedding of normalized cxcywh boxes (DAB-DETR): (..., 4) -> (..., 2 * dim)."""
     if dim % 4:

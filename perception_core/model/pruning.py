@@ -57,9 +57,13 @@ def select_kept(confidence: Tensor, tau: float | Tensor, min_kept: int | Tensor)
     """
     keep = confidence >= tau
     if isinstance(min_kept, Tensor) or min_kept > 0:
-        # rank of each query within its image (0 = most confident); argsort twice works for any N,
-        # including N < min_kept, without a data-dependent topk size.
-        rank = torch.argsort(torch.argsort(confidence, dim=1, descending=True), dim=1)
+        # rank of each query within its image: how many are strictly more confident (tied queries
+        # share a rank, so a tie at the min_kept boundary keeps all of them). Counted by comparing all
+        # pairs, (B, N, N) for N <= a few hundred, and summed as a matmul (onnxruntime's reductions
+        # mishandle an empty query axis): a handful of nodes, where argsort twice took two TopKs and
+        # their shape arithmetic. Works for any N, including N < min_kept and N = 0.
+        higher = (confidence[:, None, :] > confidence[:, :, None]).to(confidence.dtype)   # [b, i, j]: c_j > c_i
+        rank = torch.matmul(higher, confidence.new_ones(confidence.shape[1], 1))[..., 0]
         keep = keep | (rank < min_kept)
     # keep.any(dim=0) written as a matmul: onnxruntime's reductions return the wrong rank when the
     # query axis is empty (every query pruned), a matmul with an empty axis does not.

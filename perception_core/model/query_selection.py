@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .box_ops import inverse_sigmoid
-from .layers import MLP
+from .layers import MLP, l2_normalize
 
 _MAX_LOGIT_SCALE = math.log(100.0)  # clamp exp(s) <= 100 as CLIP does
 
@@ -29,8 +28,8 @@ class ScaledCosineClassifier(nn.Module):
 
     def forward(self, queries: Tensor, prompts: Tensor) -> Tensor:
         """queries (B, N, C), prompts z_text (P, C) -> logits (B, N, P)."""
-        q = F.normalize(self.proj(queries), dim=-1)
-        z = F.normalize(prompts, dim=-1)
+        q = l2_normalize(self.proj(queries))
+        z = l2_normalize(prompts)
         scale = self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp()
         return scale * torch.matmul(q, z.t()) + self.bias
 
