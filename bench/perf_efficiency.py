@@ -144,7 +144,9 @@ def render(data: dict, settings: Settings, load) -> str:
     model = "the shipped mobius_nano" if data["trained"] else "mobius_nano with RANDOM weights (no shipped model)"
     lines = [f"Conditions: {model}, one letterboxed clip frame, 4 default prompts, pruning kept per layer "
              f"{data['kept']}; {machine_line(load)}. The machine is shared: the peak and the model are timed in "
-             f"the same run, so the fraction is the number to read.", "",
+             f"the same run, so the fraction is the number to read. Model GFLOPs are the architecture's "
+             f"(count_flops, eager); the exported graph reaches some of them with fewer operations (S2 and S3 "
+             f"read from their input statistics, docs/MODEL.md), so achieved GFLOP/s is an effective rate.", "",
              f"| threads | sgemm peak GFLOP/s (torch.matmul {data['n']}x{data['n']}) | model GFLOPs (count_flops) "
              f"| model median ms | achieved GFLOP/s | fraction of peak |", "|---|---|---|---|---|---|"]
     for t, e in eff.items():
