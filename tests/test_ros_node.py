@@ -255,9 +255,13 @@ def test_bad_messages_are_logged_skipped_and_counted(rig, clip):
     truncated.data = bytes(truncated.data[: len(truncated.data) // 2])
     padded_wrong = array_to_image(clip[2], "rgb8", header(2))
     padded_wrong.step = 5
-    for msg in (unsupported, truncated, padded_wrong):
+    before = len(r.node_logs(Log.WARN))
+    for count, msg in enumerate((unsupported, truncated, padded_wrong), start=1):
         r.send(msg, wait=False)
-        time.sleep(0.3)  # one at a time: the one-slot mailbox must not drop them
+        # one at a time: the one-slot mailbox keeps only the newest frame, so the next goes out once
+        # the worker has taken and rejected this one (a fixed sleep lost one while a loaded machine
+        # was still warming the worker up)
+        wait_until(lambda: len(r.node_logs(Log.WARN)) >= before + count, what=f"the warning for bad frame {count}")
     good = r.send(array_to_image(clip[3], "bgr8", header(3)))
     assert r.ids[good].header.frame_id == "camera_optical_3"
     assert not {(1000, 7), (1001, 1007), (1002, 2007)} & set(r.ids)
