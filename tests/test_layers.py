@@ -164,3 +164,28 @@ def test_bottleneck_block_is_equations_1a_to_1e_tokens_first_float64(exported):
     assert float(x4.detach().std()) > 0.5
     torch.testing.assert_close(got.transpose(1, 2), x4, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(got_text.tokens, tokens, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("overrides", [[], ["decoder.multi_scale=true"], ["pixel_decoder.bottleneck_stride=8"]],
+                         ids=["default", "multi_scale_memory", "bottleneck_is_s3"])
+def test_whole_model_export_form_equals_eager_float64(overrides):
+    """Everything the export changes at once (folded constants, factored S3 where it is only read through
+    the value projections, the canvas and DeformConv sampling, the decoder's trimmed forms) computes the
+    eager model's outputs, with pruning, whether S3 is factored, formed for multi-scale decoder memory,
+    or is the bottleneck itself."""
+    from perception_core.model.build import build_from_name
+
+    torch.manual_seed(0)
+    model = build_from_name("mobius_nano", overrides).eval().double()
+    generator = torch.Generator().manual_seed(1)
+    inputs = (torch.randn(1, 3, 256, 256, generator=generator, dtype=torch.float64),
+              torch.randn(3, 4, 384, generator=generator, dtype=torch.float64), torch.ones(3, 4, dtype=torch.bool),
+              torch.randn(3, 384, generator=generator, dtype=torch.float64))
+    with torch.no_grad():
+        expected = model(*inputs)
+        with export_form(), deform_conv.lowered_sampling():
+            got = model(*inputs)
+    assert got["kept_indices"].tolist() == expected["kept_indices"].tolist()
+    for key in ("pred_logits", "pred_boxes", "pred_masks", "query_embed"):
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-10, atol=1e-10)
+    assert float(expected["pred_masks"].std()) > 0.1
