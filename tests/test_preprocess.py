@@ -33,3 +33,11 @@ def test_preprocess_matches_its_definition(shape, bgr):
     red = np.zeros((384, 384, 3), np.uint8)
     red[..., 2 if bgr else 0] = 255
     assert preprocess(red, 384, bgr=bgr)[0][0, 0, 5, 5] == pytest.approx((255 - MEAN[0]) / STD[0])
+
+
+def test_preprocess_takes_non_contiguous_frames():
+    """Views a driver or cv_bridge may hand over (flipped channels, a crop of a larger buffer)."""
+    base = np.random.default_rng(3).integers(0, 256, (300, 500, 4), dtype=np.uint8)
+    for view in (base[:, :, 2::-1], base[10:298, 20:404, :3], base[::-1, :, 1:]):
+        assert not view.flags.c_contiguous
+        np.testing.assert_array_equal(preprocess(view, 384)[0], preprocess(np.ascontiguousarray(view), 384)[0])
