@@ -47,5 +47,7 @@ def preprocess(frame: np.ndarray, size: int, bgr: bool = False) -> tuple[np.ndar
     planes = cv2.split(np.ascontiguousarray(resized))
     for channel in range(3):
         target = image[0, channel, :rows, :cols]
-        cv2.LUT(planes[2 - channel if bgr else channel], _LUTS[channel], dst=target)
+        written = cv2.LUT(planes[2 - channel if bgr else channel], _LUTS[channel], dst=target)
+        if not np.may_share_memory(written, target):   # an OpenCV that would not write into the view
+            target[...] = written
     return image, box
