@@ -173,14 +173,13 @@ def test_whole_model_export_form_equals_eager_float64(overrides):
     the value projections, the canvas and DeformConv sampling, the decoder's trimmed forms) computes the
     eager model's outputs, with pruning, whether S3 is factored, formed for multi-scale decoder memory,
     or is the bottleneck itself."""
+    from test_mask_features import float64_inputs
+
     from perception_core.model.build import build_from_name
 
     torch.manual_seed(0)
     model = build_from_name("mobius_nano", overrides).eval().double()
-    generator = torch.Generator().manual_seed(1)
-    inputs = (torch.randn(1, 3, 256, 256, generator=generator, dtype=torch.float64),
-              torch.randn(3, 4, 384, generator=generator, dtype=torch.float64), torch.ones(3, 4, dtype=torch.bool),
-              torch.randn(3, 384, generator=generator, dtype=torch.float64))
+    inputs = float64_inputs(1, 256, 256)
     with torch.no_grad():
         expected = model(*inputs)
         with export_form(), deform_conv.lowered_sampling():

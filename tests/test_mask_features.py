@@ -73,16 +73,22 @@ def test_mask_features_read_equals_dense_map_float64(factored_fine, as_matmul):
     torch.testing.assert_close(read, expected, rtol=1e-10, atol=1e-10)
 
 
+def float64_inputs(seed: int, height: int, width: int) -> tuple:
+    """Model inputs in float64 from one seeded generator: an image, 3 prompts x 4 tokens (all valid) of
+    384-d text tokens, and their pooled embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(1, 3, height, width, generator=g, dtype=torch.float64),
+            torch.randn(3, 4, 384, generator=g, dtype=torch.float64), torch.ones(3, 4, dtype=torch.bool),
+            torch.randn(3, 384, generator=g, dtype=torch.float64))
+
+
 def test_deployed_masks_equal_training_graph_masks():
     """The deployment graph reads masks factored; eval mode without deploy forms M densely. Same
     queries kept (same pruning), so the last layer's masks must agree."""
     torch.manual_seed(0)
     model = build_from_name("mobius_nano", ["hidden_dim=64", "decoder.num_queries=20", "pruning.min_kept=5",
                                             "decoder.ffn_dim=128", "pixel_decoder.ffn_dim=128"]).double().eval()
-    g = torch.Generator().manual_seed(3)
-    inputs = (torch.randn(1, 3, 64, 96, generator=g, dtype=torch.float64),
-              torch.randn(3, 4, 384, generator=g, dtype=torch.float64), torch.ones(3, 4, dtype=torch.bool),
-              torch.randn(3, 384, generator=g, dtype=torch.float64))
+    inputs = float64_inputs(3, 64, 96)
     with torch.no_grad():
         dense = model(*inputs)
         factored = model.deploy()(*inputs)

@@ -259,21 +259,22 @@ def project_many(attentions: Sequence[MSDeformAttn], value: "Tensor | deform_con
             # the same constant W e + b at every position: one more weight column, and a row of ones
             # under x built once for all attentions, instead of one bias add per attention
             ones = torch.cat([value, value.new_ones(value.shape[0], 1, value.shape[-1])], dim=1)
-            return [ProjectedValues(torch.matmul(torch.cat([a.value_proj.weight, _bias_column(a, embedding)], dim=1),
-                                                 ones)) for a in attentions]
+            return [ProjectedValues(torch.matmul(_with_bias_column(a, embedding), ones)) for a in attentions]
         return [ProjectedValues(linear_channels_first(a.value_proj, value, embedding)) for a in attentions]
     if embedding is not None:
         raise ValueError("a ValueCanvas carries its level embeddings already")
     layout, batch = value.layout, value.tensor.shape[0]
-    return [ProjectedValues(torch.matmul(torch.cat([a.value_proj.weight, a.value_proj.bias[:, None]], dim=1),
-                                         value.tensor).reshape(batch, -1, layout.height, layout.width), layout)
+    return [ProjectedValues(torch.matmul(_with_bias_column(a), value.tensor).reshape(batch, -1, layout.height,
+                                                                               layout.width), layout)
             for a in attentions]
 
 
-def _bias_column(attention: MSDeformAttn, embedding: Tensor | None) -> Tensor:
-    """(C, 1): W e + b of a (C, 1) embedding e (b without one)."""
-    bias = attention.value_proj.bias[:, None]
-    return bias if embedding is None else torch.matmul(attention.value_proj.weight, embedding) + bias
+def _with_bias_column(attention: MSDeformAttn, embedding: Tensor | None = None) -> Tensor:
+    """(C, C + 1): the value projection's weight W with W e + b as one more column, for inputs with a
+    row of ones (or a validity channel) under them; e a (C, 1) embedding, or none."""
+    proj = attention.value_proj
+    bias = proj.bias[:, None] if embedding is None else torch.matmul(proj.weight, embedding) + proj.bias[:, None]
+    return torch.cat([proj.weight, bias], dim=1)
 
 
 def _project_split(attentions: Sequence[MSDeformAttn], value: "deform_conv.SplitCanvas",
@@ -295,8 +296,7 @@ def _project_split(attentions: Sequence[MSDeformAttn], value: "deform_conv.Split
         if width < layout.width:
             canvas = F.pad(canvas, (0, layout.width - width))
         if value.band is not None:
-            proj = attention.value_proj
-            band = torch.matmul(torch.cat([proj.weight, proj.bias[:, None]], dim=1), value.band)
+            band = torch.matmul(_with_bias_column(attention), value.band)
             canvas = torch.cat([canvas, band.view(batch, -1, layout.band_height, layout.width)], dim=2)
         out.append(ProjectedValues(canvas, layout))
     return out
