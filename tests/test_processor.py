@@ -224,3 +224,11 @@ def test_warm_up_runs_the_model_and_leaves_no_state(clip, backend):
         for x, y in zip(a.instances, b.instances):
             assert np.array_equal(x.mask, y.mask)
     assert seen > 0                                   # the comparison was not between empty frames
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_pruning_every_query_gives_an_empty_frame(clip, backend):
+    processor = make(backend, prune_bounds=(1.0, 1.0), prune_min_kept=0)   # no confidence reaches 1
+    result = processor.process(clip[0])
+    assert result.kept_per_layer[1:] == [0, 0] and result.instances == []
+    assert not result.id_image.any()

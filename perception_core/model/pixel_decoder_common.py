@@ -112,8 +112,10 @@ class MaskFeatures(NamedTuple):
             rows = linear_resize_matrix(height, out_height, low).expand(batch, queries, -1, -1)
             cols = linear_resize_matrix(width, out_width, low)                          # (W, w)
             up = torch.matmul(rows, torch.matmul(low, cols.t()))                        # (B, N, H, W)
-        else:
+        elif queries:
             up = F.interpolate(low, size=(out_height, out_width), mode="bilinear", align_corners=False)
+        else:  # every query pruned: F.interpolate refuses zero channels
+            up = low.new_zeros(batch, 0, out_height, out_width)
         return up + high.view(batch, queries, out_height, out_width)
 
 
