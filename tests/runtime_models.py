@@ -1,6 +1,6 @@
 """A tiny MOBIUS model with decisive random weights shared by the runtime tests: weights and preset
-YAML (tiny_weights, for the torch backend), plus the exported ONNX and kernel-reuse mask graph
-(tiny_model, for onnxruntime). The same seed gives the same weights in both.
+YAML (tiny_weights, for the torch backend), plus the exported ONNX, kernel-reuse mask graph and
+bottleneck-reuse lateral graph (tiny_model, for onnxruntime). The same seed gives the same weights in both.
 
 Exporting costs ~40 s on a busy 2-core machine, so the files are cached in .pytest_cache/ under a
 hash of everything that determines them (model, config and export code, torch version, TINY, SIZE);
@@ -61,13 +61,16 @@ def _write(folder: Path, onnx: bool) -> None:
     from perception_core.config import load_model_config, to_dict
     from perception_core.model.build import save_weights
     from perception_core.runtime.export import export_onnx
-    from perception_core.runtime.export_kernels import export_mask_graph, mask_graph_path
+    from perception_core.runtime.export_kernels import (LATERAL_SUFFIX, export_lateral_graph, export_mask_graph,
+                                                        mask_graph_path)
 
     model = _model()
     save_weights(model, folder / "tiny.safetensors")
     (folder / "tiny.yaml").write_text(yaml.safe_dump(to_dict(load_model_config("mobius_nano", TINY))))
     if onnx:
-        export_mask_graph(model, mask_graph_path(export_onnx(model, folder / "tiny.onnx", SIZE)), SIZE)
+        main = export_onnx(model, folder / "tiny.onnx", SIZE)
+        export_mask_graph(model, mask_graph_path(main), SIZE)
+        export_lateral_graph(model, mask_graph_path(main, LATERAL_SUFFIX), SIZE)
 
 
 def _cached(kind: str, onnx: bool) -> Path:

@@ -21,7 +21,7 @@ SIZE = 64
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    model = build_from_name("mobius_nano", TINY).eval()
+    model = build_from_name("mobius_nano", TINY).deploy()
     save_weights(model, tmp / "w.safetensors")
     onnx_path = tmp / "model.onnx"
     assert mobius(["export", "--config", "mobius_nano", "--weights", str(tmp / "w.safetensors"),

@@ -227,6 +227,55 @@ def test_warm_up_runs_the_model_and_leaves_no_state(clip, backend):
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_bottleneck_reuse_on_a_still_frame_reproduces_the_keyframe(clip, backend):
+    processor = make(backend, kernel_reuse=3, reuse_bottleneck=True)
+    results = [processor.process(clip[0]) for _ in range(3)]
+    key = results[0]
+    assert key.instances and [r.kept_per_layer == [] for r in results] == [False, True, True]
+    for reused in results[1:]:
+        assert [i.track_id for i in reused.instances] == [i.track_id for i in key.instances]
+        for a, b in zip(reused.instances, key.instances):
+            assert _mask_iou(a.mask, b.mask) > 0.99       # the same image: the keyframe's coarse map is its own
+
+
+def test_bottleneck_reuse_differs_from_kernel_reuse_on_motion_only(clip):
+    """Between keyframes of a moving clip both reuse modes keep the keyframe's tracks; their masks
+    overlap but are not the same computation (bottleneck reuse keeps the keyframe's coarse map)."""
+    kernel, bottleneck = make(kernel_reuse=3), make(kernel_reuse=3, reuse_bottleneck=True)
+    for frame in clip[:1]:
+        assert [i.track_id for i in kernel.process(frame).instances] == \
+               [i.track_id for i in bottleneck.process(frame).instances]
+    a, b = kernel.process(clip[1]), bottleneck.process(clip[1])
+    assert not a.kept_per_layer and not b.kept_per_layer
+    pairs = {i.track_id: i.mask for i in a.instances}
+    shared = [(pairs[i.track_id], i.mask) for i in b.instances if i.track_id in pairs]
+    assert shared
+    ious = [_mask_iou(x, y) for x, y in shared]
+    assert min(ious) > 0.3 and any(not np.array_equal(x, y) for x, y in shared)
+
+
+def test_bottleneck_reuse_needs_a_graph_with_mask_coarse(tmp_path):
+    import onnx
+
+    model = onnx.load(str(tiny_model().onnx))
+    kept = [o for o in model.graph.output if o.name != "mask_coarse"]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    config = dict(backend="onnx", model=str(old), preset=str(tiny_model().preset), threads=1)
+    with pytest.raises(ValueError, match="mask_coarse.*re-export"):
+        FrameProcessor(ProcessorConfig(kernel_reuse=3, reuse_bottleneck=True, **config), PROMPTS)
+    # the same file still serves everything else
+    assert FrameProcessor(ProcessorConfig(kernel_reuse=3, **config), PROMPTS).process(
+        np.zeros((64, 64, 3), np.uint8)).timings_ms["total"] > 0
+    del model.graph.output[:1]                         # without pred_logits it serves nothing
+    onnx.save(model, str(old))
+    with pytest.raises(ValueError, match="lacks the outputs.*pred_logits"):
+        FrameProcessor(ProcessorConfig(**config), PROMPTS)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_pruning_every_query_gives_an_empty_frame(clip, backend):
     processor = make(backend, prune_bounds=(1.0, 1.0), prune_min_kept=0)   # no confidence reaches 1
     result = processor.process(clip[0])

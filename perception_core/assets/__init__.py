@@ -1,7 +1,8 @@
 """The shipped default model: where its files live inside the installed package.
 
     mobius_nano.safetensors   weights (loaded without pickle)
-    mobius_nano.onnx          the same model exported at SIZE px (dynamo, opset 19)
+    mobius_nano.onnx          the same model exported at SIZE px (dynamo, opset 19), with its
+                              companion graphs mobius_nano.masks.onnx and mobius_nano.lateral.onnx
     default_prompts.safetensors  MiniLM embeddings of DEFAULT_PROMPTS (no text model needed to deploy)
     model.json                preset, input size, training prompts, recipe and metrics (the model card's numbers)
 

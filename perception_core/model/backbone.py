@@ -249,17 +249,18 @@ class MobileNetV4(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, images: Tensor) -> list[Tensor]:
+    def forward(self, images: Tensor, num_stages: int = 4) -> list[Tensor]:
         """images: (B, 3, H, W) float, normalized (e.g. ImageNet mean/std), any H, W >= 1.
 
         Returns [S2, S3, S4, S5]; S_i is (B, out_channels[i], ceil(H / s), ceil(W / s)) with
-        s = strides[i].
+        s = strides[i]. With num_stages < 4 only the first num_stages maps are computed (S2 alone
+        for bottleneck reuse, runtime/export_kernels.py).
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         x = self.stem(images)
         features = []
-        for stage in self.stages:
+        for stage in self.stages[:num_stages]:
             x = stage(x)
             features.append(x)
         return features

@@ -38,6 +38,11 @@ class Mobius(nn.Module):
         factored = getattr(self.pixel_decoder, "reads_factored_first_level", False)
         return self.projection(self.backbone(images), factored_first=factored)
 
+    def lateral_features(self, images: Tensor):
+        """The projected S2 alone (factored): the backbone's first stage and the lateral projection,
+        all that bottleneck reuse recomputes between keyframes (runtime/export_kernels.py)."""
+        return self.projection.lateral(self.backbone(images, num_stages=1)[0])
+
     def encode_prompts(self, text_tokens: Tensor, text_mask: Tensor, text_pooled: Tensor,
                        batch: int) -> tuple[TextContext, Tensor]:
         """(P, T, Dt), (P, T) bool valid, (P, Dt) -> text context (B, P*T, C) and z_text (P, C)."""
@@ -67,7 +72,9 @@ class Mobius(nn.Module):
             pred_logits (B, N, P) raw logits (confidence = sigmoid), pred_boxes (B, N, 4) cxcywh in
             [0, 1] of the padded input, pred_masks (B, N, H/4, W/4) logits, query_embed (B, N, C)
             refined queries, kept_indices (N,) int64 into [prefix, selected], kept_per_layer (L,),
-            num_prefix (int). Training only: aux_outputs (list of L-1 dicts), enc_outputs.
+            num_prefix (int). Deployed only: mask_coarse (B, C, h, w), the coarse part of the mask
+            features (the enhanced bottleneck), which bottleneck reuse carries to later frames.
+            Training only: aux_outputs (list of L-1 dicts), enc_outputs.
             N = Np + K without pruning; fewer with pruning (eval mode).
         """
         batch = images.shape[0]
@@ -99,7 +106,9 @@ class Mobius(nn.Module):
         kept_indices = decoded["kept_indices"][rows] if extra else decoded["kept_indices"]
         out.update(query_embed=_take(decoded["hidden"], rows), kept_indices=kept_indices,
                    kept_per_layer=decoded["kept_per_layer"], num_prefix=num_prefix)
-        if not self.deployed:
+        if self.deployed:
+            out["mask_coarse"] = pixels.mask_features.coarse
+        else:
             k = self.selection.num_queries
             out["enc_outputs"] = {"pred_logits": selected["enc_logits"][:, :k], "pred_boxes": selected["enc_boxes"][:, :k]}
         if extra:

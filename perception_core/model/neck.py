@@ -107,5 +107,10 @@ class InputProjection(nn.Module):
         s3_conv, s3_norm = self.levels[0]
         pyramid = [NormedProjection(s3, s3_conv, s3_norm) if factored_first else self.levels[0](s3),
                    self.levels[1](s4), self.levels[2](s5), self.s6(s5)]
+        return self.lateral(s2), pyramid
+
+    def lateral(self, s2: Tensor) -> NormedProjection:
+        """The backbone's stride-4 map -> the projected S2, factored (all that mask features read at
+        stride 4)."""
         conv, norm = self.s2
-        return NormedProjection(s2, conv, norm), pyramid
+        return NormedProjection(s2, conv, norm)

@@ -6,6 +6,10 @@ frame processor never knows which one runs:
     decode(feed)            full model: INPUT_NAMES -> OUTPUT_NAMES (batch 1)
     masks(feed, queries)    kernel reuse: images/text_tokens/text_mask + keyframe query_embed
                             (1, N, C) -> pred_masks (1, N, S/4, S/4) logits (export_kernels.py)
+    lateral_masks(images, coarse, queries)
+                            bottleneck reuse: images + keyframe mask_coarse and query_embed ->
+                            pred_masks (1, N, S/4, S/4) logits (export_kernels.LateralGraph)
+    has_coarse              whether decode returns mask_coarse (graphs exported before it lack it)
 
 Attributes: size (square input side), hidden_dim (C), num_layers (L), model_config (ModelConfig of
 the loaded model, or None when an ONNX file does not match the preset), name.
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io_names import MASK_INPUT_NAMES, MASK_OUTPUT_NAMES, OUTPUT_NAMES
+from .io_names import LATERAL_INPUT_NAMES, LATERAL_OUTPUT_NAMES, MASK_INPUT_NAMES, MASK_OUTPUT_NAMES, OUTPUT_NAMES
 from .onnx_engine import OnnxEngine, load_error, session_options
 
 log = logging.getLogger(__name__)
@@ -32,11 +36,15 @@ class Backend:
     hidden_dim: int
     num_layers: int
     model_config = None
+    has_coarse = True
 
     def decode(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def masks(self, feed: dict[str, np.ndarray], query_embed: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def lateral_masks(self, images: np.ndarray, mask_coarse: np.ndarray, query_embed: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -53,52 +61,66 @@ class OnnxBackend(Backend):
         self.threads = threads
         self.size, self.hidden_dim, self.num_layers = self.engine.size, self.engine.hidden_dim, self.engine.num_layers
         self.model_config = _matching_config(preset, self.hidden_dim, self.num_layers)
-        self._mask_session = None
+        self.has_coarse = "mask_coarse" in self.engine.output_names
+        self._sessions: dict[str, object] = {}
 
     def decode(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.engine(feed)
 
     def masks(self, feed: dict[str, np.ndarray], query_embed: np.ndarray) -> np.ndarray:
-        if self._mask_session is None:
-            self._mask_session = self._load_mask_session()
         inputs = {name: feed[name] for name in MASK_INPUT_NAMES if name != "query_embed"}
         inputs["query_embed"] = np.ascontiguousarray(query_embed, dtype=np.float32)
-        return self._mask_session.run(list(MASK_OUTPUT_NAMES), inputs)[0]
+        return self._session("mask").run(list(MASK_OUTPUT_NAMES), inputs)[0]
 
-    def _load_mask_session(self):
+    def lateral_masks(self, images: np.ndarray, mask_coarse: np.ndarray, query_embed: np.ndarray) -> np.ndarray:
+        inputs = {"images": images, "mask_coarse": mask_coarse,
+                  "query_embed": np.ascontiguousarray(query_embed, dtype=np.float32)}
+        return self._session("lateral").run(list(LATERAL_OUTPUT_NAMES), inputs)[0]
+
+    def _session(self, kind: str):
+        """The companion graph's session ('mask' or 'lateral'), loaded on first use."""
+        if kind not in self._sessions:
+            self._sessions[kind] = self._load_companion(kind)
+        return self._sessions[kind]
+
+    def _load_companion(self, kind: str):
         import onnxruntime as ort
 
-        from .export_kernels import mask_graph_path
+        from .export_kernels import LATERAL_SUFFIX, MASK_SUFFIX, mask_graph_path
 
-        path = mask_graph_path(self.path)
+        expected = MASK_INPUT_NAMES if kind == "mask" else LATERAL_INPUT_NAMES
+        path = mask_graph_path(self.path, MASK_SUFFIX if kind == "mask" else LATERAL_SUFFIX)
         if not path.is_file():
-            path = self._export_shipped_mask_graph(path)
+            path = self._export_shipped_companion(kind, path)
         options = session_options(self.threads)
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:
-            raise load_error("mask graph", path, error) from None
+            raise load_error(f"{kind} graph", path, error) from None
         names = tuple(i.name for i in session.get_inputs())
-        if names != MASK_INPUT_NAMES:
-            raise ValueError(f"mask graph '{path}' has inputs {names}, expected {MASK_INPUT_NAMES}; re-export it")
+        if names != expected:
+            raise ValueError(f"{kind} graph '{path}' has inputs {names}, expected {expected}; re-export it")
         return session
 
-    def _export_shipped_mask_graph(self, wanted: Path) -> Path:
-        """The shipped model may lack its mask graph: export it once from the shipped weights."""
+    def _export_shipped_companion(self, kind: str, wanted: Path) -> Path:
+        """The shipped model may lack a companion graph: export it once from the shipped weights."""
         from .. import assets
 
         if self.path.resolve() != assets.ONNX.resolve() or not assets.WEIGHTS.is_file():
+            what, flag = (("kernel reuse", "") if kind == "mask" else ("bottleneck reuse", " --lateral"))
             raise FileNotFoundError(
-                f"kernel reuse with backend 'onnx' needs the mask graph '{wanted}'; create it with "
-                f"'python -m perception_core.runtime.export_kernels --weights W --size {self.size} --out {wanted}' "
+                f"{what} with backend 'onnx' needs the {kind} graph '{wanted}'; create it with "
+                f"'python -m perception_core.runtime.export_kernels --weights W --size {self.size}{flag} --out {wanted}' "
                 f"or use backend 'torch' (or kernel_reuse 1)")
         from ..model.build import build_from_name, load_weights
-        from .export_kernels import export_mask_graph
+        from .export_kernels import export_lateral_graph, export_mask_graph
 
         model = load_weights(build_from_name(assets.PRESET), assets.WEIGHTS)
         target = Path(tempfile.mkdtemp(prefix="mobius_masks_")) / wanted.name
-        log.info("exporting the shipped model's mask graph to %s", target)
-        return export_mask_graph(model, target, self.size)
+        log.info("exporting the shipped model's %s graph to %s", kind, target)
+        if kind == "mask":
+            return export_mask_graph(model, target, self.size)
+        return export_lateral_graph(model, target, self.size)
 
 
 class TorchBackend(Backend):
@@ -110,7 +132,7 @@ class TorchBackend(Backend):
         import torch
 
         from ..model.build import build_from_name, load_weights
-        from .export_kernels import MaskGraph
+        from .export_kernels import LateralGraph, MaskGraph
 
         weights = Path(weights)
         if weights.suffix not in WEIGHT_SUFFIXES:
@@ -121,6 +143,7 @@ class TorchBackend(Backend):
         model = load_weights(build_from_name(preset), weights)  # FileNotFoundError / ValueError
         self.model = model.deploy()
         self.mask_graph = MaskGraph(self.model)
+        self.lateral_graph = LateralGraph(self.model)
         self.model_config = model.config
         self.size, self.hidden_dim = size, model.config.hidden_dim
         self.num_layers = model.config.decoder.num_layers
@@ -146,6 +169,14 @@ class TorchBackend(Backend):
             out = self.mask_graph(torch.from_numpy(feed["images"]), torch.from_numpy(feed["text_tokens"]),
                                   torch.from_numpy(feed["text_mask"]),
                                   torch.from_numpy(np.ascontiguousarray(query_embed, dtype=np.float32)))
+        return out.numpy()
+
+    def lateral_masks(self, images: np.ndarray, mask_coarse: np.ndarray, query_embed: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.lateral_graph(torch.from_numpy(images), torch.from_numpy(mask_coarse),
+                                     torch.from_numpy(np.ascontiguousarray(query_embed, dtype=np.float32)))
         return out.numpy()
 
 

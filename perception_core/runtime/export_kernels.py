@@ -1,4 +1,6 @@
-"""The kernel-reuse mask graph: a keyframe's mask kernels applied to a later frame (MobileInst Sec. 3.5).
+"""Graphs for frames between keyframes: a keyframe's mask kernels applied to a later frame.
+
+Kernel reuse (MobileInst Sec. 3.5), the mask graph:
 
 Between keyframes the runtime runs only the image encoder, the input projections and the pixel
 decoder (with its text fusion, so the same prompts must be fed) to get this frame's mask features M,
@@ -6,11 +8,17 @@ and reads masks as kernel . M, where the kernels are the mask embeddings of the 
 queries: kernel = mask_embed(norm(query_embed)), exactly what the transformer decoder's last layer
 uses. Query selection and the transformer decoder are skipped.
 
-For the onnxruntime backend this is a second ONNX file next to the main one,
-`<model>.masks.onnx` (inputs/outputs in io_names.MASK_INPUT_NAMES / MASK_OUTPUT_NAMES); the torch
-backend calls `MaskGraph` directly.
+Bottleneck reuse (opt-in, on top of kernel reuse), the lateral graph: between keyframes only the
+backbone's first stage and the stride-4 lateral projection run; the coarse part of the mask features
+(the enhanced bottleneck) is the keyframe's (`LateralGraph`). About a tenth of the mask graph's cost;
+masks follow the object through the stride-4 detail while the coarse map lags (docs/BENCHMARKS.md
+measures both against ground truth).
+
+For the onnxruntime backend these are ONNX files next to the main one, `<model>.masks.onnx` and
+`<model>.lateral.onnx` (inputs/outputs in io_names); the torch backend calls the modules directly.
 
     python -m perception_core.runtime.export_kernels --weights W.safetensors --out m.masks.onnx
+    python -m perception_core.runtime.export_kernels --weights W.safetensors --lateral --out m.lateral.onnx
 """
 from __future__ import annotations
 
@@ -23,16 +31,18 @@ from torch import Tensor, nn
 
 from ..model.pixel_decoder_common import MaskFeatures
 from .export import SAMPLERS, dynamo_export
-from .io_names import MASK_INPUT_NAMES, MASK_OUTPUT_NAMES
+from .io_names import LATERAL_INPUT_NAMES, LATERAL_OUTPUT_NAMES, MASK_INPUT_NAMES, MASK_OUTPUT_NAMES
 
 MASK_SUFFIX = ".masks.onnx"
+LATERAL_SUFFIX = ".lateral.onnx"
 
 
-def mask_graph_path(onnx_path: str | Path) -> Path:
-    """Companion file of a main ONNX model: 'dir/model.onnx' -> 'dir/model.masks.onnx'."""
+def mask_graph_path(onnx_path: str | Path, suffix: str = MASK_SUFFIX) -> Path:
+    """Companion file of a main ONNX model: 'dir/model.onnx' -> 'dir/model.masks.onnx' (or the
+    lateral graph's 'dir/model.lateral.onnx' with suffix=LATERAL_SUFFIX)."""
     path = Path(onnx_path)
-    return path.with_name(path.name[:-len(".onnx")] + MASK_SUFFIX if path.name.endswith(".onnx")
-                          else path.name + MASK_SUFFIX)
+    return path.with_name(path.name[:-len(".onnx")] + suffix if path.name.endswith(".onnx")
+                          else path.name + suffix)
 
 
 class MaskGraph(nn.Module):
@@ -58,6 +68,28 @@ class MaskGraph(nn.Module):
         return self.mask_features(images, text_tokens, text_mask).read(self.kernels(query_embed))
 
 
+class LateralGraph(nn.Module):
+    """Bottleneck reuse: images (1, 3, S, S), a keyframe's mask_coarse (1, C, S/s, S/s) and
+    query_embed (1, N, C) -> (1, N, S/4, S/4).
+
+    The mask features are M = W (upsample(coarse) + S2) + b (pixel_decoder_common.MaskFeatures). This
+    graph recomputes only this frame's S2 (the backbone's first stage and the lateral projection)
+    and takes the coarse part, the enhanced bottleneck, from the keyframe: the pixel decoder, the
+    deeper backbone stages and the text are skipped. The coarse map lags by up to T-1 frames, the
+    stride-4 detail does not."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.deploy()
+        self.mask_graph = MaskGraph(model)
+
+    def mask_features(self, images: Tensor, mask_coarse: Tensor) -> MaskFeatures:
+        return MaskFeatures(mask_coarse, self.model.lateral_features(images), self.model.pixel_decoder.mask_head.proj)
+
+    def forward(self, images: Tensor, mask_coarse: Tensor, query_embed: Tensor) -> Tensor:
+        return self.mask_features(images, mask_coarse).read(self.mask_graph.kernels(query_embed))
+
+
 def export_mask_graph(model: nn.Module, path: str | Path, size: int = 384, sampler: str = "deform_conv") -> Path:
     """Exports the mask graph of `model` for a square `size` input; returns the written path."""
     graph = MaskGraph(model)
@@ -75,14 +107,31 @@ def export_mask_graph(model: nn.Module, path: str | Path, size: int = 384, sampl
     return dynamo_export(graph, args, Path(path), list(MASK_INPUT_NAMES), list(MASK_OUTPUT_NAMES), dynamic, sampler)
 
 
+def export_lateral_graph(model: nn.Module, path: str | Path, size: int = 384) -> Path:
+    """Exports the bottleneck-reuse lateral graph of `model` for a square `size` input."""
+    graph = LateralGraph(model)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(1, 3, size, size, generator=generator)
+    text_mask = torch.ones(1, 2, dtype=torch.bool)
+    with torch.no_grad():  # the coarse map's shape (the bottleneck's stride differs between pixel decoders)
+        coarse = graph.mask_graph.mask_features(images, torch.zeros(1, 2, model.config.text.dim), text_mask).coarse
+    args = (images, torch.randn(coarse.shape, generator=generator),
+            torch.randn(1, 4, model.config.hidden_dim, generator=generator))
+    dynamic = {"images": None, "mask_coarse": None, "query_embed": {1: torch.export.Dim("queries", max=4096)}}
+    return dynamo_export(graph, args, Path(path), list(LATERAL_INPUT_NAMES), list(LATERAL_OUTPUT_NAMES), dynamic)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="export the kernel-reuse mask graph of a model to ONNX")
     parser.add_argument("--config", default="mobius_nano", help="model preset name or YAML path")
     parser.add_argument("--weights", help="trained weights (.safetensors or weights-only .pt)")
     parser.add_argument("--size", type=int, default=384, help="square input size (as the main graph)")
-    parser.add_argument("--out", required=True, help="output path, by convention <model>.masks.onnx")
+    parser.add_argument("--out", required=True,
+                        help="output path, by convention <model>.masks.onnx (<model>.lateral.onnx with --lateral)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="deform_conv",
                         help="deformable sampling, as for the main graph (mobius export --sampler)")
+    parser.add_argument("--lateral", action="store_true",
+                        help="export the bottleneck-reuse lateral graph instead of the mask graph")
     parser.add_argument("overrides", nargs="*", help="model config overrides key=value")
     args = parser.parse_args(argv)
     from ..model.build import build_from_name, load_weights
@@ -90,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     model = build_from_name(args.config, args.overrides)
     if args.weights:
         load_weights(model, args.weights)
-    path = export_mask_graph(model, args.out, args.size, args.sampler)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, inputs {list(MASK_INPUT_NAMES)})")
+    if args.lateral:
+        path, names = export_lateral_graph(model, args.out, args.size), LATERAL_INPUT_NAMES
+    else:
+        path, names = export_mask_graph(model, args.out, args.size, args.sampler), MASK_INPUT_NAMES
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, inputs {list(names)})")
     return 0
 
 

@@ -11,8 +11,12 @@ INPUT_NAMES = ("images", "text_tokens", "text_mask", "text_pooled", "track_queri
 
 # pred_logits (1, N, P); pred_boxes (1, N, 4) cxcywh in [0, 1] of the network input; pred_masks
 # (1, N, H/4, W/4) logits; query_embed (1, N, C) refined queries; kept_indices (N,) int64 into
-# [track queries, selected queries]; kept_per_layer (L,) int64. N varies with pruning.
-OUTPUT_NAMES = ("pred_logits", "pred_boxes", "pred_masks", "query_embed", "kept_indices", "kept_per_layer")
+# [track queries, selected queries]; kept_per_layer (L,) int64. N varies with pruning. mask_coarse
+# (1, C, H/s, W/s): the coarse part of the mask features (the enhanced bottleneck, s its stride), for
+# bottleneck reuse; graphs exported before it was added lack it (OPTIONAL_OUTPUTS).
+OUTPUT_NAMES = ("pred_logits", "pred_boxes", "pred_masks", "query_embed", "kept_indices", "kept_per_layer",
+                "mask_coarse")
+OPTIONAL_OUTPUTS = ("mask_coarse",)
 
 # The kernel-reuse mask graph (runtime/export_kernels.py), a companion file `<model>.masks.onnx`:
 # images, text_tokens, text_mask as above; query_embed (1, N, C) refined queries of a keyframe.
@@ -20,3 +24,10 @@ OUTPUT_NAMES = ("pred_logits", "pred_boxes", "pred_masks", "query_embed", "kept_
 # mask features (backbone + pixel decoder only, no query selection and no transformer decoder).
 MASK_INPUT_NAMES = ("images", "text_tokens", "text_mask", "query_embed")
 MASK_OUTPUT_NAMES = ("pred_masks",)
+
+# The bottleneck-reuse lateral graph (runtime/export_kernels.py), a companion file `<model>.lateral.onnx`:
+# images as above, mask_coarse (1, C, H/s, W/s) and query_embed (1, N, C) of a keyframe. Output
+# pred_masks (1, N, H/4, W/4) logits: the keyframe's kernels read from this frame's stride-4 map and the
+# keyframe's coarse map (backbone first stage only: no pixel decoder, no text).
+LATERAL_INPUT_NAMES = ("images", "mask_coarse", "query_embed")
+LATERAL_OUTPUT_NAMES = ("pred_masks",)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io_names import INPUT_NAMES, OUTPUT_NAMES
+from .io_names import INPUT_NAMES, OPTIONAL_OUTPUTS, OUTPUT_NAMES
 
 
 def session_options(threads: int):
@@ -51,10 +51,15 @@ class OnnxEngine:
         names = tuple(i.name for i in self.session.get_inputs())
         if names != INPUT_NAMES:
             raise ValueError(f"model file '{path}' has inputs {names}, expected {INPUT_NAMES}; re-export it")
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        missing = [name for name in OUTPUT_NAMES if name not in self.output_names and name not in OPTIONAL_OUTPUTS]
+        if missing:
+            raise ValueError(f"model file '{path}' lacks the outputs {missing} (has {list(self.output_names)}); "
+                             f"re-export it")
         shape = self.session.get_inputs()[0].shape
         self.size = int(shape[2])
         self.hidden_dim = int(self.session.get_inputs()[4].shape[2])
         self.num_layers = int(self.session.get_inputs()[6].shape[0])
 
     def __call__(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(OUTPUT_NAMES, self.session.run(None, feed)))
+        return dict(zip(self.output_names, self.session.run(None, feed)))

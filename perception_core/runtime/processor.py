@@ -7,7 +7,10 @@ records at input resolution, an instance-id image and per-stage timings.
 Kernel reuse (kernel_reuse = T > 1): every T-th frame is a keyframe that runs the whole model and the
 tracker; the T-1 frames in between run only the image encoder and pixel decoder and read masks with
 the keyframe's mask kernels (export_kernels.py). They keep the keyframe's ids, labels and scores;
-boxes come from the reused masks. A prompt change or a new frame size forces a keyframe.
+boxes come from the reused masks. A prompt change or a new frame size forces a keyframe. With
+reuse_bottleneck the frames in between also reuse the keyframe's coarse mask features (the enhanced
+bottleneck) and run only the backbone's first stage and the stride-4 lateral projection, about a
+tenth of the mask graph (export_kernels.LateralGraph); masks follow moving objects less closely.
 
 Prompts: `set_prompts` validates and encodes the text once (MiniLM with an LRU cache, or the shipped
 embeddings for assets.DEFAULT_PROMPTS); the new prompts take effect on the next `process` call.
@@ -40,6 +43,7 @@ class ProcessorConfig:
     prune_bounds: tuple[float, float] | None = None  # (b_low, b_high); None = the model config's
     prune_min_kept: int | None = None  # None = the model config's
     kernel_reuse: int = 1            # T: full decode every T frames, reuse mask kernels in between
+    reuse_bottleneck: bool = False   # between keyframes also reuse the keyframe's coarse mask features
     tracker: TrackerConfig = field(default_factory=TrackerConfig)  # from runtime/tracker.py
     size: int = 384                  # network input side for the torch backend (an ONNX graph fixes its own)
 
@@ -95,6 +99,7 @@ class _Keyframe:
     letterbox: Letterbox
     outputs: list[TrackOutput]       # reported tracks of the keyframe
     query_embed: np.ndarray          # (1, K, C) their refined queries
+    mask_coarse: np.ndarray | None   # (1, C, h, w) coarse mask features, kept for bottleneck reuse
 
 
 class FrameProcessor:
@@ -102,6 +107,11 @@ class FrameProcessor:
         self.config = config
         self.backend = make_backend(config.backend, config.model, config.threads, config.preset, config.size)
         self._pruning = _prune_inputs(config, self.backend)
+        self._lateral = config.reuse_bottleneck and config.kernel_reuse > 1
+        if self._lateral and not self.backend.has_coarse:
+            raise ValueError(f"reuse_bottleneck needs a model graph with the output 'mask_coarse', which "
+                             f"'{getattr(self.backend, 'path', config.model)}' lacks (exported before it was "
+                             f"added); re-export it with 'mobius export' or set reuse_bottleneck false")
         cfg = self.backend.model_config
         self._shape = DecoderShape.from_config(cfg, self.backend.size) if cfg is not None else None
         self._max_tokens = cfg.text.max_tokens if cfg is not None else 16
@@ -145,7 +155,10 @@ class FrameProcessor:
                 kernels = out["query_embed"][:, :1]
                 if kernels.shape[1] == 0:
                     kernels = np.zeros((1, 1, hidden), np.float32)
-                self.backend.masks(feed, kernels)
+                if self._lateral:
+                    self.backend.lateral_masks(image, out["mask_coarse"], kernels)
+                else:
+                    self.backend.masks(feed, kernels)
             elapsed = (time.perf_counter() - tic) * 1000
         return elapsed
 
@@ -198,7 +211,8 @@ class FrameProcessor:
             mask = mask_to_frame(out["pred_masks"][0, row], letterbox)
             instances.append(self._instance(output, box_to_frame(out["pred_boxes"][0, row], letterbox), mask))
         rows = [o.detection.payload for o in outputs]
-        self._keyframe = _Keyframe(self._frame_index, letterbox, outputs, out["query_embed"][:, rows])
+        self._keyframe = _Keyframe(self._frame_index, letterbox, outputs, out["query_embed"][:, rows],
+                                   out["mask_coarse"] if self._lateral else None)
         timings["postprocess"] += (time.perf_counter() - tic) * 1000
         kept = [int(k) for k in out["kept_per_layer"]]
         gflops = decoder_gflops(self._shape, kept, len(self._prompts)) if self._shape is not None else None
@@ -227,9 +241,14 @@ class FrameProcessor:
     # ------------------------------------------------------------------ frames between keyframes
 
     def _reuse(self, feed: dict, keyframe: _Keyframe, timings: dict) -> _FrameOutput:
-        """Image encoder + pixel decoder only; the keyframe's kernels give the masks."""
+        """Image encoder + pixel decoder only (or, with bottleneck reuse, the stride-4 lateral map
+        only); the keyframe's kernels give the masks."""
         tic = time.perf_counter()
-        masks = self.backend.masks(feed, keyframe.query_embed) if keyframe.outputs else None
+        masks = None
+        if keyframe.outputs and keyframe.mask_coarse is not None:
+            masks = self.backend.lateral_masks(feed["images"], keyframe.mask_coarse, keyframe.query_embed)
+        elif keyframe.outputs:
+            masks = self.backend.masks(feed, keyframe.query_embed)
         timings["inference"] = (time.perf_counter() - tic) * 1000
         tic = time.perf_counter()
         instances, box = [], keyframe.letterbox

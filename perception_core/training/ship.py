@@ -6,6 +6,7 @@ writes, next to each other:
     mobius_nano.safetensors      the weights (no pickle)
     mobius_nano.onnx             the deployment graph at assets.SIZE px (dynamo, opset 19)
     mobius_nano.masks.onnx       its kernel-reuse mask graph (runtime/export_kernels.py)
+    mobius_nano.lateral.onnx     its bottleneck-reuse lateral graph (runtime/export_kernels.py)
     default_prompts.safetensors  MiniLM embeddings of assets.DEFAULT_PROMPTS
     model.json                   preset, size, training step, prompts trained on, recipe; metrics are
                                  added later by `mobius eval ... --record` (see docs/MODEL_CARD.md)
@@ -20,13 +21,13 @@ from .. import assets
 
 
 def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = assets.SIZE) -> dict:
-    """Writes the four asset files from a training checkpoint; returns the model.json contents."""
+    """Writes the asset files from a training checkpoint; returns the model.json contents."""
     import torch
 
     from ..model.build import build_model, save_weights
     from ..model.text_encoder import MiniLMTextEncoder, save_prompt_embeddings
     from ..runtime.export import export_onnx
-    from ..runtime.export_kernels import export_mask_graph, mask_graph_path
+    from ..runtime.export_kernels import LATERAL_SUFFIX, export_lateral_graph, export_mask_graph, mask_graph_path
     from .engine import load_checkpoint
     from .recipe import ModelSection
 
@@ -43,6 +44,7 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     with torch.no_grad():
         onnx_path = export_onnx(model, out / f"{stem}.onnx", size)
         export_mask_graph(model, mask_graph_path(onnx_path), size)  # kernel reuse between keyframes
+        export_lateral_graph(model, mask_graph_path(onnx_path, LATERAL_SUFFIX), size)  # bottleneck reuse
     prompts = list(assets.DEFAULT_PROMPTS)
     encoder = MiniLMTextEncoder(max_tokens=model_config.text.max_tokens)
     save_prompt_embeddings(out / assets.PROMPT_EMBEDDINGS.name, prompts, encoder.encode(prompts))
