@@ -57,6 +57,9 @@ SPECS: dict[str, ParamSpec] = {
                                 -1, 10000),
     "kernel_reuse": ParamSpec("integer", "full decode every T frames, reuse mask kernels in between "
                                          "(1 = decode every frame)", 1, 100),
+    "reuse_bottleneck": ParamSpec("bool", "with kernel_reuse > 1, frames between keyframes also reuse the "
+                                          "keyframe's coarse mask features: about 10x cheaper than kernel "
+                                          "reuse alone, masks follow fast motion less closely"),
     "tracker.keep_score": _tracker("a carried query continues its track while its score is at least this",
                                    0.0, 1.0),
     "tracker.continue_iou": _tracker("... and while its mask overlaps the track's last mask at least this much",
@@ -214,6 +217,7 @@ def processor_config(values: dict[str, Any]) -> Any:
         prune_bounds=None if low < 0 else (float(low), float(high)),
         prune_min_kept=None if values["prune_min_kept"] < 0 else int(values["prune_min_kept"]),
         kernel_reuse=int(values["kernel_reuse"]),
+        reuse_bottleneck=bool(values["reuse_bottleneck"]),
         tracker=TrackerConfig(**tracker),
         size=int(values["input_size"]),
     )

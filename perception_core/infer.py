@@ -126,6 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.4, help="score threshold for new instances")
     parser.add_argument("--kernel-reuse", type=int, default=1, metavar="T",
                         help="decode fully every T frames, reuse mask kernels in between")
+    parser.add_argument("--reuse-bottleneck", action="store_true",
+                        help="with --kernel-reuse T > 1: between keyframes also reuse the keyframe's coarse mask "
+                             "features (recompute only the stride-4 map; about 10x cheaper, less exact on motion)")
     parser.add_argument("--out", help="overlay video (.mp4)")
     parser.add_argument("--json", help="YouTube-VIS results json")
     parser.add_argument("--data", help="COCO/YouTube-VIS json whose category ids the prompts map to")
@@ -142,7 +145,8 @@ def processor_config(args: argparse.Namespace):
         raise ValueError(f"--backend {backend} does not run {'--weights' if args.weights else '--onnx'}; "
                          f"use --onnx with onnx and --weights with torch")
     return ProcessorConfig(backend=backend, model=model, preset=args.config, threads=args.threads,
-                           score_threshold=args.threshold, kernel_reuse=args.kernel_reuse, size=args.size)
+                           score_threshold=args.threshold, kernel_reuse=args.kernel_reuse,
+                           reuse_bottleneck=args.reuse_bottleneck, size=args.size)
 
 
 def run(args: argparse.Namespace) -> int:
