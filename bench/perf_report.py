@@ -15,7 +15,7 @@ from typing import Sequence
 
 from perf_common import Section
 
-ORDER = ("flops", "latency", "node", "runtime", "pruning", "efficiency", "int8", "peers", "scaling")
+ORDER = ("flops", "latency", "reuse", "node", "runtime", "pruning", "efficiency", "int8", "peers", "scaling")
 HEADER = """# Benchmarks
 
 Written by `make bench` (`bench/run_all.py`; `--quick` for a smoke run, `--only SECTION` to redo one

@@ -1,6 +1,7 @@
 """The runtime's per-stage table (`mobius bench`, perception_core/bench_command.py) as a section of
 docs/BENCHMARKS.md: FrameProcessor preprocess / inference / postprocess / tracking on the shipped
-model, onnxruntime vs torch, 1 vs 2 threads, every frame vs kernel reuse T=3."""
+model, onnxruntime vs torch, 1 vs 2 threads, every frame vs kernel reuse T=3 vs kernel + bottleneck
+reuse T=3."""
 from __future__ import annotations
 
 import argparse

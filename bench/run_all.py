@@ -7,7 +7,9 @@
 Sections (bench/perf_*.py, each a `run(Settings) -> Section`):
   flops       FLOPs per component, mobius_mini_m vs GLEE MaskDINO / RT-DETR baselines (384, 800 px)
   latency     onnxruntime latency of the three configs; default model FPS, end-to-end FPS with
-              tracking, p99, kernel reuse T=3 speed-up
+              tracking, p99, kernel reuse T=3 speed-up (alone and with bottleneck reuse)
+  reuse       between keyframes: cost of the mask and lateral graphs, mask IoU with ground truth of
+              full decode / kernel reuse / kernel + bottleneck reuse / frozen masks (PNG)
   node        the ROS 2 node end to end (rclpy, Fast DDS) with a 60 fps camera: rate, latency, drops
   runtime     `mobius bench`'s per-stage table: onnxruntime vs torch, 1 vs 2 threads, T=1 vs 3
   pruning     pruned decoder FLOPs from kept queries measured on a generated clip
@@ -37,7 +39,8 @@ sys.path.insert(0, str(HERE.parent))
 from perf_common import CACHE, DOCS, Settings  # noqa: E402
 from perf_report import ORDER, render  # noqa: E402
 
-MODULES = {"flops": "perf_flops", "latency": "perf_latency", "node": "perf_node", "runtime": "perf_runtime",
+MODULES = {"flops": "perf_flops", "latency": "perf_latency", "reuse": "perf_reuse", "node": "perf_node",
+           "runtime": "perf_runtime",
            "pruning": "perf_pruning", "efficiency": "perf_efficiency", "int8": "perf_int8", "peers": "perf_peers",
            "scaling": "perf_scaling"}
 

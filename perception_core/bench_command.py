@@ -2,7 +2,7 @@
 
 Compares, in one run on one machine (so the ratios are meaningful even when absolute numbers drift
 with machine load): onnxruntime vs torch, 1 vs 2 inference threads, decoding every frame vs kernel
-reuse (T=3). Each configuration runs the same generated clip `--repeats` times after a warm-up;
+reuse (T=3) vs kernel and bottleneck reuse (T=3, '3b' in --kernel-reuse). Each configuration runs the same generated clip `--repeats` times after a warm-up;
 per-stage numbers are medians over frames, the per-clip mean frame time is taken per repeat and the
 median over repeats is reported (FPS = 1000 / that). Prints a Markdown section (`--out PATH` also
 writes it); `make bench` puts the same table into docs/BENCHMARKS.md (bench/perf_runtime.py).
@@ -44,6 +44,7 @@ class BenchRow:
     backend: str
     threads: int
     kernel_reuse: int
+    bottleneck: bool                  # bottleneck reuse on top of kernel reuse
     stage_ms: dict[str, float]        # median over frames of every repeat
     frame_ms: float                   # median over repeats of the mean frame time
     keyframe_ms: float                # median total of keyframes
@@ -54,6 +55,25 @@ class BenchRow:
     @property
     def fps(self) -> float:
         return 1000.0 / self.frame_ms
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return self.backend, self.threads, reuse_label(self.kernel_reuse, self.bottleneck)
+
+
+def reuse_label(kernel_reuse: int, bottleneck: bool) -> str:
+    """'3' for kernel reuse T=3, '3b' with bottleneck reuse too (the --kernel-reuse spelling)."""
+    return f"{kernel_reuse}{'b' if bottleneck else ''}"
+
+
+def parse_reuse(value: str) -> tuple[int, bool]:
+    """--kernel-reuse entry -> (T, bottleneck): '3' -> (3, False), '3b' -> (3, True)."""
+    text = value.strip().lower()
+    bottleneck = text.endswith("b")
+    digits = text[:-1] if bottleneck else text
+    if not digits.isdigit() or int(digits) < 1 or (bottleneck and int(digits) < 2):
+        raise ValueError(f"--kernel-reuse entry {value!r}: use T (>= 1) or Tb (T >= 2, with bottleneck reuse)")
+    return int(digits), bottleneck
 
 
 def calibrate_random_model(model, frame: np.ndarray, prompts: list[str], size: int, instances: int = 8,
@@ -85,7 +105,7 @@ def bench_model(folder: Path, size: int, frame: np.ndarray, prompts: list[str]) 
 
     from .model.build import build_from_name, save_weights
     from .runtime.export import export_onnx
-    from .runtime.export_kernels import export_mask_graph, mask_graph_path
+    from .runtime.export_kernels import LATERAL_SUFFIX, export_lateral_graph, export_mask_graph, mask_graph_path
 
     print("[bench] no shipped model: exporting mobius_nano with random weights ...", flush=True)
     torch.manual_seed(0)
@@ -94,11 +114,13 @@ def bench_model(folder: Path, size: int, frame: np.ndarray, prompts: list[str]) 
     save_weights(model, folder / "random.safetensors")
     onnx = export_onnx(model, folder / "random.onnx", size)
     export_mask_graph(model, mask_graph_path(onnx), size)
+    export_lateral_graph(model, mask_graph_path(onnx, LATERAL_SUFFIX), size)
     return BenchModel(onnx, folder / "random.safetensors", "mobius_nano", False)
 
 
 def run_config(model: BenchModel, frames: list, prompts: list[str], backend: str, threads: int,
-               kernel_reuse: int, repeats: int, warmup: int, size: int, threshold: float | None = None) -> BenchRow:
+               kernel_reuse: int, repeats: int, warmup: int, size: int, threshold: float | None = None,
+               bottleneck: bool = False) -> BenchRow:
     """`threshold`: score_threshold and tracker keep_score (at most the tracker's default); None = the
     runtime's defaults."""
     from .runtime.processor import FrameProcessor, ProcessorConfig
@@ -109,7 +131,8 @@ def run_config(model: BenchModel, frames: list, prompts: list[str], backend: str
         extra = {"score_threshold": threshold,
                  "tracker": TrackerConfig(keep_score=min(threshold, TrackerConfig().keep_score))}
     config = ProcessorConfig(backend=backend, model=str(model.onnx if backend == "onnx" else model.weights),
-                             preset=model.preset, threads=threads, kernel_reuse=kernel_reuse, size=size, **extra)
+                             preset=model.preset, threads=threads, kernel_reuse=kernel_reuse,
+                             reuse_bottleneck=bottleneck, size=size, **extra)
     processor = FrameProcessor(config, prompts)
     for frame in frames[:warmup]:
         processor.process(frame)
@@ -127,7 +150,7 @@ def run_config(model: BenchModel, frames: list, prompts: list[str], backend: str
             if result.kept_per_layer:
                 kept.append(result.kept_per_layer[-1])
         per_repeat.append((time.perf_counter() - start) * 1000 / len(frames))
-    return BenchRow(backend, threads, kernel_reuse, {n: statistics.median(v) for n, v in stages.items()},
+    return BenchRow(backend, threads, kernel_reuse, bottleneck, {n: statistics.median(v) for n, v in stages.items()},
                     statistics.median(per_repeat), statistics.median(keyframes),
                     statistics.median(reused) if reused else None, float(np.mean(counts)), float(np.mean(kept)))
 
@@ -147,7 +170,7 @@ def text_encoding_ms(prompts: list[str]) -> tuple[float, float]:
 
 def markdown(rows: list[BenchRow], model: BenchModel, frames: list, prompts: list[str], repeats: int,
              size: int, text_ms: tuple[float, float], load: tuple[float, ...], threshold: float | None = None) -> str:
-    base = next((r for r in rows if (r.backend, r.threads, r.kernel_reuse) == ("onnx", 2, 1)), rows[0])
+    base = next((r for r in rows if r.key == ("onnx", 2, "1")), rows[0])
     height, width = frames[0].shape[:2]
     name = f"shipped {model.preset}" if model.trained else f"{model.preset} with RANDOM weights (no shipped model yet)"
     lines = [
@@ -161,30 +184,33 @@ def markdown(rows: list[BenchRow], model: BenchModel, frames: list, prompts: lis
         f"(other jobs share the machine): compare rows of this table, not across runs.", "",
         "Stage columns: median ms over all frames. Frame ms: median over repeats of the mean time per frame "
         "(what sets throughput); FPS = 1000 / frame ms. Keyframe / reuse: median total ms of fully decoded "
-        "frames / of kernel-reuse frames. vs base: frame-time ratio to "
-        f"{base.backend}, {base.threads} threads, T={base.kernel_reuse}.", "",
+        "frames / of kernel-reuse frames. T: full decode every T frames; Tb: with bottleneck reuse between "
+        "keyframes (only the stride-4 lateral map is recomputed). vs base: frame-time ratio to "
+        f"{base.backend}, {base.threads} threads, T={base.key[2]}.", "",
         "| backend | threads | T | preprocess | inference | postprocess | tracking | total | frame ms | FPS "
         "| keyframe | reuse | vs base | inst/frame | kept (last layer) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r.stage_ms
-        lines.append(f"| {r.backend} | {r.threads} | {r.kernel_reuse} | {s['preprocess']:.1f} | {s['inference']:.1f} "
+        lines.append(f"| {r.backend} | {r.threads} | {r.key[2]} | {s['preprocess']:.1f} | {s['inference']:.1f} "
                      f"| {s['postprocess']:.1f} | {s['tracking']:.1f} | {s['total']:.1f} | {r.frame_ms:.1f} "
                      f"| {r.fps:.1f} | {r.keyframe_ms:.1f} | {'-' if r.reuse_ms is None else f'{r.reuse_ms:.1f}'} "
                      f"| {r.frame_ms / base.frame_ms:.2f} | {r.instances:.1f} | {r.kept_last:.0f} |")
-    pick = {(r.backend, r.threads, r.kernel_reuse): r for r in rows}
+    pick = {r.key: r for r in rows}
 
     def ratio(a, b) -> str:
         return f"{pick[a].frame_ms / pick[b].frame_ms:.2f}" if a in pick and b in pick else "n/a"
     lines += ["", "Ratios of frame time (same run):",
-              f"- torch / onnxruntime (2 threads, T=1): {ratio(('torch', 2, 1), ('onnx', 2, 1))}; "
-              f"(1 thread): {ratio(('torch', 1, 1), ('onnx', 1, 1))}",
-              f"- 2 threads / 1 thread (onnxruntime, T=1): {ratio(('onnx', 2, 1), ('onnx', 1, 1))}; "
-              f"(torch): {ratio(('torch', 2, 1), ('torch', 1, 1))}",
-              f"- kernel reuse T=3 / every frame (onnxruntime, 2 threads): {ratio(('onnx', 2, 3), ('onnx', 2, 1))}; "
-              f"(1 thread): {ratio(('onnx', 1, 3), ('onnx', 1, 1))}; (torch, 2 threads): "
-              f"{ratio(('torch', 2, 3), ('torch', 2, 1))}",
-              f"- text encoding (MiniLM, {len(prompts) + 1} prompts) of a new prompt list: {text_ms[0]:.0f} ms; "
+              f"- torch / onnxruntime (2 threads, T=1): {ratio(('torch', 2, '1'), ('onnx', 2, '1'))}; "
+              f"(1 thread): {ratio(('torch', 1, '1'), ('onnx', 1, '1'))}",
+              f"- 2 threads / 1 thread (onnxruntime, T=1): {ratio(('onnx', 2, '1'), ('onnx', 1, '1'))}; "
+              f"(torch): {ratio(('torch', 2, '1'), ('torch', 1, '1'))}"]
+    for label, name in (("3", "kernel reuse"), ("3b", "kernel + bottleneck reuse")):
+        lines.append(f"- {name} T=3 / every frame (onnxruntime, 2 threads): "
+                     f"{ratio(('onnx', 2, label), ('onnx', 2, '1'))}; (1 thread): "
+                     f"{ratio(('onnx', 1, label), ('onnx', 1, '1'))}; (torch, 2 threads): "
+                     f"{ratio(('torch', 2, label), ('torch', 2, '1'))}")
+    lines += [f"- text encoding (MiniLM, {len(prompts) + 1} prompts) of a new prompt list: {text_ms[0]:.0f} ms; "
               f"the same list again (LRU cache): {text_ms[1]:.3f} ms", ""]
     empty = [r for r in rows if r.kernel_reuse > 1 and r.instances < 0.5]
     if empty:  # frames between keyframes with no kernels skip inference: not a measurement of kernel reuse
@@ -206,7 +232,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'make demo': its calibrated scores are low; the runtime's own for random weights)")
     parser.add_argument("--backends", default="onnx,torch", help="comma-separated subset of onnx,torch")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    parser.add_argument("--kernel-reuse", default="1,3", help="comma-separated T values")
+    parser.add_argument("--kernel-reuse", default="1,3,3b",
+                        help="comma-separated T values; Tb = T with bottleneck reuse (default 1,3,3b)")
     parser.add_argument("--out", default="", help="also write the Markdown section to this file")
 
 
@@ -230,7 +257,7 @@ def measure(args: argparse.Namespace) -> str:
 
     frames, tracks = generate_video(7, make_config("normal", frames=(args.frames, args.frames)))
     prompts = [p.strip() for p in args.prompts.split(",")] if args.prompts else present_names(tracks)
-    configs = [(b, int(t), int(k)) for b in args.backends.split(",") for t in args.threads.split(",")
+    configs = [(b, int(t), *parse_reuse(k)) for b in args.backends.split(",") for t in args.threads.split(",")
                for k in args.kernel_reuse.split(",")]
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
@@ -240,9 +267,9 @@ def measure(args: argparse.Namespace) -> str:
         if threshold is None and model.trained:
             threshold = SHIPPED_THRESHOLD
         rows = []
-        for backend, threads, reuse in tqdm(configs, desc="bench configurations", unit="config"):
+        for backend, threads, reuse, bottleneck in tqdm(configs, desc="bench configurations", unit="config"):
             rows.append(run_config(model, frames, prompts, backend, threads, reuse, args.repeats, args.warmup, size,
-                                   threshold))
-            tqdm.write(f"[bench] {backend} threads={threads} T={reuse}: {rows[-1].frame_ms:.1f} ms/frame "
+                                   threshold, bottleneck))
+            tqdm.write(f"[bench] {backend} threads={threads} T={rows[-1].key[2]}: {rows[-1].frame_ms:.1f} ms/frame "
                        f"({rows[-1].fps:.1f} FPS)")
         return markdown(rows, model, frames, prompts, args.repeats, size, text_encoding_ms(prompts), load, threshold)

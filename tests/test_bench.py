@@ -269,13 +269,28 @@ def test_runtime_bench_warns_when_reuse_rows_measured_empty_frames(reuse_instanc
     from perception_core.bench_command import BenchModel, BenchRow, markdown
 
     stages = {name: 1.0 for name in ("preprocess", "inference", "postprocess", "tracking", "total")}
-    rows = [BenchRow("onnx", 2, 1, stages, 15.0, 15.0, None, 1.5, 20),
-            BenchRow("onnx", 2, 3, stages, 6.0, 15.0, 0.7 if reuse_instances == 0 else 11.0, reuse_instances, 20)]
+    rows = [BenchRow("onnx", 2, 1, False, stages, 15.0, 15.0, None, 1.5, 20),
+            BenchRow("onnx", 2, 3, False, stages, 12.0, 15.0, 0.7 if reuse_instances == 0 else 11.0,
+                     reuse_instances, 20),
+            BenchRow("onnx", 2, 3, True, stages, 6.0, 15.0, 1.5, reuse_instances, 20)]
     model = BenchModel(Path("m.onnx"), Path("m.safetensors"), "mobius_nano", True)
     frames = [np.zeros((288, 384, 3), np.uint8)]
     text = markdown(rows, model, frames, ["blue circle"], 3, 384, (11.0, 0.1), (1.0, 1.0, 1.0), 0.1)
     assert "score threshold 0.1" in text and "['blue circle']" in text
     assert ("upper bound" in text) == (reuse_instances < 0.5)
+    assert "| onnx | 2 | 3b |" in text
+    assert "kernel reuse T=3 / every frame (onnxruntime, 2 threads): 0.80" in text
+    assert "kernel + bottleneck reuse T=3 / every frame (onnxruntime, 2 threads): 0.40" in text
+
+
+def test_runtime_bench_reuse_schedules():
+    from perception_core.bench_command import parse_reuse, reuse_label
+
+    assert [parse_reuse(v) for v in ("1", "3", " 3B", "12b")] == [(1, False), (3, False), (3, True), (12, True)]
+    assert reuse_label(3, True) == "3b" and reuse_label(1, False) == "1"
+    for bad in ("0", "1b", "b", "x3", "-2"):
+        with pytest.raises(ValueError, match="kernel-reuse entry"):
+            parse_reuse(bad)
 
 
 def test_clip_prompts_are_the_clips_categories():
@@ -285,3 +300,41 @@ def test_clip_prompts_are_the_clips_categories():
                {"category_id": category_id("star", "red")}]
     expected = sorted(["red star", "blue circle"], key=lambda name: category_id(*name.split()[::-1]))
     assert present_names(records) == expected   # each category once, in category-id order
+
+
+def test_reuse_accuracy_on_a_still_clip_is_the_keyframes():
+    """perf_reuse on a clip whose frames are all the same, with the tiny exported model: every method
+    reproduces the keyframe, so kernel reuse, bottleneck reuse and the frozen mask score alike, and the
+    full decode (best query of an identical frame) exactly as well."""
+    import perf_reuse
+    from runtime_models import tiny_model
+
+    from perception_core.runtime.backends import OnnxBackend
+    from perception_core.training.synth.config import make_config
+    from perception_core.training.synth.video import generate_video
+
+    frames, tracks = generate_video(3, make_config("easy", frames=(2, 2), video_size=(96, 128)))
+    length = perf_reuse.OFFSETS + 1
+    still = [frames[0]] * length
+    for track in tracks:
+        track["masks"] = [track["masks"][0]] * length
+    backend = OnnxBackend(tiny_model().onnx, 1, str(tiny_model().preset))
+    ious = perf_reuse.clip_ious(backend, still, tracks, ["red star", "blue circle"])
+    visible = sum(t["masks"][0] is not None and t["masks"][0].sum() >= perf_reuse.MIN_AREA for t in tracks)
+    assert visible and all(len(v) == visible for per in ious.values() for v in per)
+    for offset in range(perf_reuse.OFFSETS):
+        frozen = np.array(ious["frozen keyframe mask"][offset])
+        np.testing.assert_allclose(ious["kernel reuse"][offset], frozen, atol=0.02)
+        np.testing.assert_allclose(ious["kernel + bottleneck reuse"][offset], frozen, atol=0.02)
+        np.testing.assert_allclose(ious["full decode"][offset], frozen, atol=1e-9)
+
+
+def test_reuse_speedups_and_goal_lines():
+    import perf_latency
+    import perf_reuse
+
+    costs = {"model": 15.0, "mask graph": 11.0, "lateral graph": 1.0}
+    assert perf_reuse.speedup(costs, "mask graph") == pytest.approx(45 / 37)
+    assert perf_reuse.speedup(costs, "lateral graph") == pytest.approx(45 / 17)
+    line = perf_latency.reuse_goal({"1": {"frame_ms": 16.0}, "3": {"frame_ms": 13.0}, "3b": {"frame_ms": 7.0}})
+    assert "alone 1.23x, **not met**" in line and "bottleneck reuse 2.29x, **met**" in line
