@@ -58,8 +58,9 @@ SPECS: dict[str, ParamSpec] = {
     "kernel_reuse": ParamSpec("integer", "full decode every T frames, reuse mask kernels in between "
                                          "(1 = decode every frame)", 1, 100),
     "reuse_bottleneck": ParamSpec("bool", "with kernel_reuse > 1, frames between keyframes also reuse the "
-                                          "keyframe's coarse mask features: about 10x cheaper than kernel "
-                                          "reuse alone, masks follow fast motion less closely"),
+                                          "keyframe's coarse mask features (moved after each object) and "
+                                          "recompute only the stride-4 map: over 10x cheaper than kernel "
+                                          "reuse alone"),
     "tracker.keep_score": _tracker("a carried query continues its track while its score is at least this",
                                    0.0, 1.0),
     "tracker.continue_iou": _tracker("... and while its mask overlaps the track's last mask at least this much",

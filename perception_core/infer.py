@@ -128,7 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode fully every T frames, reuse mask kernels in between")
     parser.add_argument("--reuse-bottleneck", action="store_true",
                         help="with --kernel-reuse T > 1: between keyframes also reuse the keyframe's coarse mask "
-                             "features (recompute only the stride-4 map; about 10x cheaper, less exact on motion)")
+                             "features, moved after each object (recompute only the stride-4 map; over 10x "
+                             "cheaper)")
     parser.add_argument("--out", help="overlay video (.mp4)")
     parser.add_argument("--json", help="YouTube-VIS results json")
     parser.add_argument("--data", help="COCO/YouTube-VIS json whose category ids the prompts map to")

@@ -326,6 +326,7 @@ def test_reuse_accuracy_on_a_still_clip_is_the_keyframes():
         frozen = np.array(ious["frozen keyframe mask"][offset])
         np.testing.assert_allclose(ious["kernel reuse"][offset], frozen, atol=0.02)
         np.testing.assert_allclose(ious["kernel + bottleneck reuse"][offset], frozen, atol=0.02)
+        np.testing.assert_allclose(ious["bottleneck reuse without motion compensation"][offset], frozen, atol=0.02)
         np.testing.assert_allclose(ious["full decode"][offset], frozen, atol=1e-9)
 
 

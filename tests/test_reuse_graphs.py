@@ -8,7 +8,7 @@ import torch
 
 from perception_core.model.build import build_from_name, load_weights
 from perception_core.runtime.export_kernels import LATERAL_SUFFIX, LateralGraph, MaskGraph, mask_graph_path
-from perception_core.runtime.io_names import LATERAL_INPUT_NAMES
+from perception_core.runtime.io_names import LATERAL_INPUT_NAMES, LATERAL_OUTPUT_NAMES
 from runtime_models import SIZE, TINY, tiny_model
 
 
@@ -41,25 +41,28 @@ def test_lateral_graph_with_the_frames_own_coarse_map_is_the_mask_graph(model):
     with torch.no_grad():
         coarse = MaskGraph(model).mask_features(images, tokens, text_mask).coarse
         expected = MaskGraph(model)(images, tokens, text_mask, queries)
-        got = LateralGraph(model)(images, coarse, queries)
+        got = sum(LateralGraph(model)(images, coarse, queries))
     assert got.shape == (1, 3, SIZE // 4, SIZE // 4)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_lateral_graph_reads_the_new_frame_and_the_old_coarse_map(model):
-    """On another frame only the stride-4 part changes: the mask minus the keyframe's coarse part
-    is the new frame's fine part alone (zero coarse map)."""
+    """On another frame the fine part changes and the coarse part does not, apart from its per-kernel
+    constant (the stride-4 map's normalization statistics); a zero coarse map leaves the constant alone."""
     images, tokens, text_mask, queries = _inputs(model)
     later = _inputs(model, seed=1)[0]
     graph = LateralGraph(model)
     with torch.no_grad():
         coarse = MaskGraph(model).mask_features(images, tokens, text_mask).coarse
-        on_later = graph(later, coarse, queries)
-        on_key = graph(images, coarse, queries)
-        fine_later = graph(later, torch.zeros_like(coarse), queries)
-        fine_key = graph(images, torch.zeros_like(coarse), queries)
-    assert not torch.allclose(on_later, on_key, atol=1e-3)
-    torch.testing.assert_close(on_later - fine_later, on_key - fine_key, rtol=1e-4, atol=1e-4)
+        coarse_later, fine_later = graph(later, coarse, queries)
+        coarse_key, fine_key = graph(images, coarse, queries)
+        constant_later, fine_alone = graph(later, torch.zeros_like(coarse), queries)
+        constant_key, _ = graph(images, torch.zeros_like(coarse), queries)
+    assert not torch.allclose(fine_later, fine_key, atol=1e-3)
+    torch.testing.assert_close(fine_alone, fine_later)
+    for constant in (constant_later, constant_key):     # a constant map per kernel
+        torch.testing.assert_close(constant, constant[..., :1, :1].expand_as(constant))
+    torch.testing.assert_close(coarse_later - constant_later, coarse_key - constant_key, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("queries", [0, 3])
@@ -70,11 +73,13 @@ def test_exported_lateral_graph_matches_torch(model, queries):
     images, tokens, text_mask, kernels = _inputs(model, queries=queries)
     with torch.no_grad():
         coarse = MaskGraph(model).mask_features(images, tokens, text_mask).coarse
-        expected = LateralGraph(model)(images, coarse, kernels).numpy()
+        expected = LateralGraph(model)(images, coarse, kernels)
     got = session.run(None, {"images": images.numpy(), "mask_coarse": coarse.numpy(),
-                             "query_embed": kernels.numpy()})[0]
-    assert got.shape == (1, queries, SIZE // 4, SIZE // 4)
-    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=2e-4)
+                             "query_embed": kernels.numpy()})
+    assert tuple(o.name for o in session.get_outputs()) == LATERAL_OUTPUT_NAMES
+    for part, reference in zip(got, expected):
+        assert part.shape == (1, queries, SIZE // 4, SIZE // 4)
+        np.testing.assert_allclose(part, reference.numpy(), rtol=1e-3, atol=2e-4)
     # no pixel decoder, no deeper backbone stages, no text: a fraction of the mask graph
     lateral_ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     mask_ops = [n.op_type for n in onnx.load(str(mask_graph_path(tiny_model().onnx))).graph.node]

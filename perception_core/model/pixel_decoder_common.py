@@ -88,7 +88,14 @@ class MaskFeatures(NamedTuple):
         return F.conv2d(up + fine, self.weight[:, :, None, None], self.bias)
 
     def read(self, kernels: Tensor) -> Tensor:
-        """(B, N, C) kernels -> (B, N, H, W) mask logits kernels . M.
+        """(B, N, C) kernels -> (B, N, H, W) mask logits kernels . M."""
+        coarse, fine = self.read_split(kernels)
+        return coarse + fine
+
+    def read_split(self, kernels: Tensor) -> tuple[Tensor, Tensor]:
+        """`read` as its two parts, (B, N, H, W) each, whose sum it is: the upsampled coarse part
+        up((k W) . coarse) with every per-kernel constant, and the fine part (k W) . fine at each pixel
+        (bottleneck reuse shifts the first to follow an object, runtime/motion.py).
 
         The per-kernel constants (q . b, and the factored S2's) are added at the coarse scale: the
         bilinear weights of every output pixel sum to 1, so upsampling carries them over unchanged,
@@ -116,7 +123,7 @@ class MaskFeatures(NamedTuple):
             up = F.interpolate(low, size=(out_height, out_width), mode="bilinear", align_corners=False)
         else:  # every query pruned: F.interpolate refuses zero channels
             up = low.new_zeros(batch, 0, out_height, out_width)
-        return up + high.view(batch, queries, out_height, out_width)
+        return up, high.view(batch, queries, out_height, out_width)
 
 
 def linear_resize_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:

@@ -8,7 +8,8 @@ frame processor never knows which one runs:
                             (1, N, C) -> pred_masks (1, N, S/4, S/4) logits (export_kernels.py)
     lateral_masks(images, coarse, queries)
                             bottleneck reuse: images + keyframe mask_coarse and query_embed ->
-                            pred_masks (1, N, S/4, S/4) logits (export_kernels.LateralGraph)
+                            coarse and fine logits (1, N, S/4, S/4) each, summing to the masks
+                            (export_kernels.LateralGraph)
     has_coarse              whether decode returns mask_coarse (graphs exported before it lack it)
 
 Attributes: size (square input side), hidden_dim (C), num_layers (L), model_config (ModelConfig of
@@ -44,7 +45,8 @@ class Backend:
     def masks(self, feed: dict[str, np.ndarray], query_embed: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def lateral_masks(self, images: np.ndarray, mask_coarse: np.ndarray, query_embed: np.ndarray) -> np.ndarray:
+    def lateral_masks(self, images: np.ndarray, mask_coarse: np.ndarray,
+                      query_embed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
 
@@ -72,10 +74,12 @@ class OnnxBackend(Backend):
         inputs["query_embed"] = np.ascontiguousarray(query_embed, dtype=np.float32)
         return self._session("mask").run(list(MASK_OUTPUT_NAMES), inputs)[0]
 
-    def lateral_masks(self, images: np.ndarray, mask_coarse: np.ndarray, query_embed: np.ndarray) -> np.ndarray:
+    def lateral_masks(self, images: np.ndarray, mask_coarse: np.ndarray,
+                      query_embed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inputs = {"images": images, "mask_coarse": mask_coarse,
                   "query_embed": np.ascontiguousarray(query_embed, dtype=np.float32)}
-        return self._session("lateral").run(list(LATERAL_OUTPUT_NAMES), inputs)[0]
+        coarse, fine = self._session("lateral").run(list(LATERAL_OUTPUT_NAMES), inputs)
+        return coarse, fine
 
     def _session(self, kind: str):
         """The companion graph's session ('mask' or 'lateral'), loaded on first use."""
@@ -171,13 +175,14 @@ class TorchBackend(Backend):
                                   torch.from_numpy(np.ascontiguousarray(query_embed, dtype=np.float32)))
         return out.numpy()
 
-    def lateral_masks(self, images: np.ndarray, mask_coarse: np.ndarray, query_embed: np.ndarray) -> np.ndarray:
+    def lateral_masks(self, images: np.ndarray, mask_coarse: np.ndarray,
+                      query_embed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            out = self.lateral_graph(torch.from_numpy(images), torch.from_numpy(mask_coarse),
-                                     torch.from_numpy(np.ascontiguousarray(query_embed, dtype=np.float32)))
-        return out.numpy()
+            coarse, fine = self.lateral_graph(torch.from_numpy(images), torch.from_numpy(mask_coarse),
+                                              torch.from_numpy(np.ascontiguousarray(query_embed, dtype=np.float32)))
+        return coarse.numpy(), fine.numpy()
 
 
 def _matching_config(preset: str, hidden_dim: int, num_layers: int):

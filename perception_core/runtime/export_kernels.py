@@ -10,9 +10,9 @@ uses. Query selection and the transformer decoder are skipped.
 
 Bottleneck reuse (opt-in, on top of kernel reuse), the lateral graph: between keyframes only the
 backbone's first stage and the stride-4 lateral projection run; the coarse part of the mask features
-(the enhanced bottleneck) is the keyframe's (`LateralGraph`). About a tenth of the mask graph's cost;
-masks follow the object through the stride-4 detail while the coarse map lags (docs/BENCHMARKS.md
-measures both against ground truth).
+(the enhanced bottleneck) is the keyframe's (`LateralGraph`). About a fifteenth of the mask graph's
+cost; the stride-4 detail is this frame's and the runtime moves the keyframe's coarse part after each
+object (runtime/motion.py; docs/BENCHMARKS.md measures both reuse modes against ground truth).
 
 For the onnxruntime backend these are ONNX files next to the main one, `<model>.masks.onnx` and
 `<model>.lateral.onnx` (inputs/outputs in io_names); the torch backend calls the modules directly.
@@ -70,7 +70,8 @@ class MaskGraph(nn.Module):
 
 class LateralGraph(nn.Module):
     """Bottleneck reuse: images (1, 3, S, S), a keyframe's mask_coarse (1, C, S/s, S/s) and
-    query_embed (1, N, C) -> (1, N, S/4, S/4).
+    query_embed (1, N, C) -> coarse and fine mask logits (1, N, S/4, S/4) each, whose sum is the
+    mask (MaskFeatures.read_split; runtime/motion.py moves the coarse part after the object).
 
     The mask features are M = W (upsample(coarse) + S2) + b (pixel_decoder_common.MaskFeatures). This
     graph recomputes only this frame's S2 (the backbone's first stage and the lateral projection)
@@ -86,8 +87,8 @@ class LateralGraph(nn.Module):
     def mask_features(self, images: Tensor, mask_coarse: Tensor) -> MaskFeatures:
         return MaskFeatures(mask_coarse, self.model.lateral_features(images), self.model.pixel_decoder.mask_head.proj)
 
-    def forward(self, images: Tensor, mask_coarse: Tensor, query_embed: Tensor) -> Tensor:
-        return self.mask_features(images, mask_coarse).read(self.mask_graph.kernels(query_embed))
+    def forward(self, images: Tensor, mask_coarse: Tensor, query_embed: Tensor) -> tuple[Tensor, Tensor]:
+        return self.mask_features(images, mask_coarse).read_split(self.mask_graph.kernels(query_embed))
 
 
 def export_mask_graph(model: nn.Module, path: str | Path, size: int = 384, sampler: str = "deform_conv") -> Path:

@@ -26,8 +26,9 @@ MASK_INPUT_NAMES = ("images", "text_tokens", "text_mask", "query_embed")
 MASK_OUTPUT_NAMES = ("pred_masks",)
 
 # The bottleneck-reuse lateral graph (runtime/export_kernels.py), a companion file `<model>.lateral.onnx`:
-# images as above, mask_coarse (1, C, H/s, W/s) and query_embed (1, N, C) of a keyframe. Output
-# pred_masks (1, N, H/4, W/4) logits: the keyframe's kernels read from this frame's stride-4 map and the
-# keyframe's coarse map (backbone first stage only: no pixel decoder, no text).
+# images as above, mask_coarse (1, C, H/s, W/s) and query_embed (1, N, C) of a keyframe. Outputs
+# coarse_logits and fine_logits (1, N, H/4, W/4), whose sum is the mask logits: the keyframe's kernels
+# read from the keyframe's coarse map (upsampled, with the per-kernel constants) and from this frame's
+# stride-4 map (backbone first stage only: no pixel decoder, no text). runtime/motion.py aligns them.
 LATERAL_INPUT_NAMES = ("images", "mask_coarse", "query_embed")
-LATERAL_OUTPUT_NAMES = ("pred_masks",)
+LATERAL_OUTPUT_NAMES = ("coarse_logits", "fine_logits")

@@ -10,7 +10,8 @@ the keyframe's mask kernels (export_kernels.py). They keep the keyframe's ids, l
 boxes come from the reused masks. A prompt change or a new frame size forces a keyframe. With
 reuse_bottleneck the frames in between also reuse the keyframe's coarse mask features (the enhanced
 bottleneck) and run only the backbone's first stage and the stride-4 lateral projection, about a
-tenth of the mask graph (export_kernels.LateralGraph); masks follow moving objects less closely.
+fifteenth of the mask graph (export_kernels.LateralGraph); each object's coarse part is moved after
+it by the shift at which it agrees with the fresh stride-4 part (runtime/motion.py).
 
 Prompts: `set_prompts` validates and encodes the text once (MiniLM with an LRU cache, or the shipped
 embeddings for assets.DEFAULT_PROMPTS); the new prompts take effect on the next `process` call.
@@ -26,6 +27,7 @@ import numpy as np
 
 from .backends import make_backend
 from .decoder_cost import DecoderShape, decoder_gflops, mask_flops
+from .motion import align, centroid
 from .postprocess import box_to_frame, mask_box, mask_to_frame, valid_mask_region
 from .preprocess import Letterbox, preprocess
 from .prompts import encode_prompts
@@ -99,7 +101,9 @@ class _Keyframe:
     letterbox: Letterbox
     outputs: list[TrackOutput]       # reported tracks of the keyframe
     query_embed: np.ndarray          # (1, K, C) their refined queries
-    mask_coarse: np.ndarray | None   # (1, C, h, w) coarse mask features, kept for bottleneck reuse
+    mask_coarse: np.ndarray | None = None  # (1, C, h, w) coarse mask features, kept for bottleneck reuse
+    centroids: np.ndarray | None = None    # (K, 2) mask centroids of the tracks (bottleneck reuse)
+    shifts: np.ndarray | None = None       # (K, 2) their latest motion estimates (bottleneck reuse)
 
 
 class FrameProcessor:
@@ -211,8 +215,11 @@ class FrameProcessor:
             mask = mask_to_frame(out["pred_masks"][0, row], letterbox)
             instances.append(self._instance(output, box_to_frame(out["pred_boxes"][0, row], letterbox), mask))
         rows = [o.detection.payload for o in outputs]
-        self._keyframe = _Keyframe(self._frame_index, letterbox, outputs, out["query_embed"][:, rows],
-                                   out["mask_coarse"] if self._lateral else None)
+        self._keyframe = _Keyframe(self._frame_index, letterbox, outputs, out["query_embed"][:, rows])
+        if self._lateral:
+            self._keyframe.mask_coarse = out["mask_coarse"]
+            centroids = [centroid(out["pred_masks"][0, row] > 0) for row in rows]
+            self._keyframe.centroids = np.array(centroids).reshape(-1, 2)
         timings["postprocess"] += (time.perf_counter() - tic) * 1000
         kept = [int(k) for k in out["kept_per_layer"]]
         gflops = decoder_gflops(self._shape, kept, len(self._prompts)) if self._shape is not None else None
@@ -246,7 +253,9 @@ class FrameProcessor:
         tic = time.perf_counter()
         masks = None
         if keyframe.outputs and keyframe.mask_coarse is not None:
-            masks = self.backend.lateral_masks(feed["images"], keyframe.mask_coarse, keyframe.query_embed)
+            coarse, fine = self.backend.lateral_masks(feed["images"], keyframe.mask_coarse, keyframe.query_embed)
+            aligned, keyframe.shifts = align(coarse[0], fine[0], keyframe.centroids, keyframe.shifts)
+            masks = aligned[None]
         elif keyframe.outputs:
             masks = self.backend.masks(feed, keyframe.query_embed)
         timings["inference"] = (time.perf_counter() - tic) * 1000

@@ -115,7 +115,8 @@ def render(info: dict, training: dict, latency: dict, flops: dict) -> str:
         "calibrated query pruning, MiniLM text encoder (frozen).",
         f"- Files: `mobius_nano.safetensors` (weights), `mobius_nano.onnx` ({info.get('size')} px, opset 19, "
         "pixel-decoder sampling as DeformConv), "
-        "`mobius_nano.masks.onnx` (kernel reuse), `default_prompts.safetensors` "
+        "`mobius_nano.masks.onnx` (kernel reuse), `mobius_nano.lateral.onnx` (bottleneck reuse), "
+        "`default_prompts.safetensors` "
         f"({', '.join(info.get('default_prompts', []))}).",
         f"- Trained for {info.get('step')} steps ({info.get('skipped_steps', 0)} skipped).", "",
         "## Data and recipe", "",
