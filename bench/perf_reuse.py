@@ -25,7 +25,8 @@ import statistics
 
 import numpy as np
 
-from perf_common import BLOCK, Section, Settings, clip_frames, clip_prompts, machine_line, model_pruning, time_interleaved
+from perf_common import (BLOCK, Section, Settings, clip_frames, clip_prompts, machine_line, model_pruning,
+                         time_interleaved)
 
 OFFSETS = 4            # frames after each keyframe (T = 5): T=3 reads offsets 1-2
 MIN_AREA = 64          # ground-truth pixels for an object to be matched on a keyframe
@@ -39,7 +40,8 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
-def clip_ious(backend, frames: list[np.ndarray], tracks: list[dict], prompts: list[str]) -> dict[str, list[list[float]]]:
+def clip_ious(backend, frames: list[np.ndarray], tracks: list[dict],
+              prompts: list[str]) -> dict[str, list[list[float]]]:
     """{method: per offset (1..OFFSETS) the IoUs of every matched object} for one clip."""
     from perception_core import assets
     from perception_core.runtime.motion import align, centroid

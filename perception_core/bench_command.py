@@ -2,10 +2,11 @@
 
 Compares, in one run on one machine (so the ratios are meaningful even when absolute numbers drift
 with machine load): onnxruntime vs torch, 1 vs 2 inference threads, decoding every frame vs kernel
-reuse (T=3) vs kernel and bottleneck reuse (T=3, '3b' in --kernel-reuse). Each configuration runs the same generated clip `--repeats` times after a warm-up;
-per-stage numbers are medians over frames, the per-clip mean frame time is taken per repeat and the
-median over repeats is reported (FPS = 1000 / that). Prints a Markdown section (`--out PATH` also
-writes it); `make bench` puts the same table into docs/BENCHMARKS.md (bench/perf_runtime.py).
+reuse (T=3) vs kernel and bottleneck reuse (T=3, '3b' in --kernel-reuse). Each configuration runs
+the same generated clip `--repeats` times after a warm-up; per-stage numbers are medians over
+frames, the per-clip mean frame time is taken per repeat and the median over repeats is reported
+(FPS = 1000 / that). Prints a Markdown section (`--out PATH` also writes it); `make bench` puts
+the same table into docs/BENCHMARKS.md (bench/perf_runtime.py).
 
 The clip's own categories are the prompts (unless --prompts names others). The shipped default model
 is used when present, at make demo's score threshold of 0.1 (the runtime's 0.4 hides its low

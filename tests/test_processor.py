@@ -238,7 +238,7 @@ def test_bottleneck_reuse_on_a_still_frame_reproduces_the_keyframe(clip, backend
             assert _mask_iou(a.mask, b.mask) > 0.99       # the same image: the keyframe's coarse map is its own
 
 
-def test_bottleneck_reuse_differs_from_kernel_reuse_on_motion_only(clip):
+def test_bottleneck_and_kernel_reuse_keep_the_same_tracks_on_a_moving_clip(clip):
     """Between keyframes of a moving clip both reuse modes keep the keyframe's tracks; their masks
     overlap but are not the same computation (bottleneck reuse keeps the keyframe's coarse map)."""
     kernel, bottleneck = make(kernel_reuse=3), make(kernel_reuse=3, reuse_bottleneck=True)

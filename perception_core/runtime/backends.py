@@ -79,7 +79,7 @@ class OnnxBackend(Backend):
         inputs = {"images": images, "mask_coarse": mask_coarse,
                   "query_embed": np.ascontiguousarray(query_embed, dtype=np.float32)}
         coarse, fine = self._session("lateral").run(list(LATERAL_OUTPUT_NAMES), inputs)
-        return coarse, fine
+        return coarse, fine                                       # (1, N, S/4, S/4) each
 
     def _session(self, kind: str):
         """The companion graph's session ('mask' or 'lateral'), loaded on first use."""
@@ -112,10 +112,10 @@ class OnnxBackend(Backend):
 
         if self.path.resolve() != assets.ONNX.resolve() or not assets.WEIGHTS.is_file():
             what, flag = (("kernel reuse", "") if kind == "mask" else ("bottleneck reuse", " --lateral"))
+            command = f"python -m perception_core.runtime.export_kernels --weights W --size {self.size}{flag}"
             raise FileNotFoundError(
                 f"{what} with backend 'onnx' needs the {kind} graph '{wanted}'; create it with "
-                f"'python -m perception_core.runtime.export_kernels --weights W --size {self.size}{flag} --out {wanted}' "
-                f"or use backend 'torch' (or kernel_reuse 1)")
+                f"'{command} --out {wanted}' or use backend 'torch' (or kernel_reuse 1)")
         from ..model.build import build_from_name, load_weights
         from .export_kernels import export_lateral_graph, export_mask_graph
 
