@@ -66,6 +66,12 @@ def test_shift_map_moves_and_replicates_the_border():
     np.testing.assert_array_equal(moved[0], moved[1])        # rows entering at the top repeat the border
     np.testing.assert_array_equal(moved[:, 3], moved[:, 2])
     assert np.isnan(motion.centroid(np.zeros((3, 3), bool))).all()
+    shifter = motion.Shifter(values, (2, 3))
+    np.testing.assert_array_equal(shifter.padded, np.pad(values, ((2, 2), (3, 3)), mode="edge"))
+    np.testing.assert_array_equal(shifter(np.array([9.0, -9.0])), shifter(np.array([2.0, -3.0])))  # clipped
+    mask = np.zeros((5, 6), bool)
+    mask[1:3, 2:6] = True
+    np.testing.assert_allclose(motion.centroid(mask), [1.5, 3.5])
 
 
 def test_mismatched_parts_are_refused():
