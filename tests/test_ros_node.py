@@ -183,13 +183,17 @@ def direct_results(node: SegmentNode, frames: list[np.ndarray]) -> list:
     return [processor.process(frame) for frame in frames]
 
 
-def test_outputs_keep_headers_and_match_the_processor(rig, clip):
+@pytest.mark.parametrize("reuse", [{}, {"kernel_reuse": 3, "reuse_bottleneck": True}], ids=["every_frame", "reuse"])
+def test_outputs_keep_headers_and_match_the_processor(rig, clip, reuse):
     """Stamps and frame ids preserved; id image and records agree with each other and with a
-    direct FrameProcessor run over the same sequence (so IDs are as stable as the tracker's)."""
-    r = rig("headers")
+    direct FrameProcessor run over the same sequence (so IDs are as stable as the tracker's); also
+    with kernel and bottleneck reuse between keyframes."""
+    r = rig("headers_reuse" if reuse else "headers", **reuse)
     r.start()
     keys = [r.send(array_to_image(frame, "rgb8", header(i))) for i, frame in enumerate(clip)]
     expected = direct_results(r.node, clip)
+    decoded = [bool(want.kept_per_layer) for want in expected]
+    assert decoded == ([True, False, False] * 2 if reuse else [True] * len(clip))
     track_ids = []
     for i, (key, want) in enumerate(zip(keys, expected)):
         ids_msg, info = r.ids[key], r.info[key]
