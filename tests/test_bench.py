@@ -339,3 +339,14 @@ def test_reuse_speedups_and_goal_lines():
     assert perf_reuse.speedup(costs, "lateral graph") == pytest.approx(45 / 17)
     line = perf_latency.reuse_goal({"1": {"frame_ms": 16.0}, "3": {"frame_ms": 13.0}, "3b": {"frame_ms": 7.0}})
     assert "alone 1.23x, **not met**" in line and "bottleneck reuse 2.29x, **met**" in line
+
+
+def test_paired_difference_interval():
+    import perf_reuse
+
+    a = [0.5, 0.6, 0.7, 0.8]
+    mean, low, high = perf_reuse.paired_difference(a, [x + 0.1 for x in a])
+    assert mean == pytest.approx(0.1) and low == pytest.approx(0.1) and high == pytest.approx(0.1)
+    mean, low, high = perf_reuse.paired_difference(a, [0.4, 0.9, 0.6, 0.9])
+    assert mean == pytest.approx(0.05) and low < 0.0 < high
+    assert np.isnan(perf_reuse.paired_difference([], [])[0])
