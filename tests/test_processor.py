@@ -142,6 +142,8 @@ def test_missing_or_broken_model_files(tmp_path):
         FrameProcessor(ProcessorConfig(backend="torch", model=str(broken)), PROMPTS)
     with pytest.raises(ValueError, match="kernel_reuse"):
         ProcessorConfig(kernel_reuse=0)
+    with pytest.raises(ValueError, match="reuse_bottleneck .* kernel_reuse >= 2"):
+        ProcessorConfig(reuse_bottleneck=True)
     with pytest.raises(ValueError, match="list"):
         make(prompts="red star")
 

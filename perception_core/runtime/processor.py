@@ -45,7 +45,7 @@ class ProcessorConfig:
     prune_bounds: tuple[float, float] | None = None  # (b_low, b_high); None = the model config's
     prune_min_kept: int | None = None  # None = the model config's
     kernel_reuse: int = 1            # T: full decode every T frames, reuse mask kernels in between
-    reuse_bottleneck: bool = False   # between keyframes also reuse the keyframe's coarse mask features
+    reuse_bottleneck: bool = False   # between keyframes also reuse the keyframe's coarse mask features (T >= 2)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)  # from runtime/tracker.py
     size: int = 384                  # network input side for the torch backend (an ONNX graph fixes its own)
 
@@ -65,6 +65,9 @@ class ProcessorConfig:
             raise ValueError(f"prune_min_kept={self.prune_min_kept} must be >= 0")
         if self.kernel_reuse < 1:
             raise ValueError(f"kernel_reuse={self.kernel_reuse} must be >= 1 (1 = decode every frame)")
+        if self.reuse_bottleneck and self.kernel_reuse < 2:
+            raise ValueError("reuse_bottleneck applies between keyframes: it needs kernel_reuse >= 2 "
+                             f"(got {self.kernel_reuse})")
         if not isinstance(self.tracker, TrackerConfig):
             raise ValueError(f"tracker must be a TrackerConfig, got {type(self.tracker).__name__}")
 
@@ -111,7 +114,7 @@ class FrameProcessor:
         self.config = config
         self.backend = make_backend(config.backend, config.model, config.threads, config.preset, config.size)
         self._pruning = _prune_inputs(config, self.backend)
-        self._lateral = config.reuse_bottleneck and config.kernel_reuse > 1
+        self._lateral = config.reuse_bottleneck            # kernel_reuse >= 2 (ProcessorConfig)
         if self._lateral and not self.backend.has_coarse:
             raise ValueError(f"reuse_bottleneck needs a model graph with the output 'mask_coarse', which "
                              f"'{getattr(self.backend, 'path', config.model)}' lacks (exported before it was "
