@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # sit around 0.1-0.2 on objects it finds, below the node's default of 0.4 in config/segment.yaml.
     parser.add_argument("--score-threshold", type=float, default=0.1,
                         help="score threshold for the demo (default 0.1; the node's own default is in the YAML)")
+    parser.add_argument("--kernel-reuse", type=int, default=1, metavar="T",
+                        help="node parameter kernel_reuse: full decode every T frames (default 1)")
+    parser.add_argument("--reuse-bottleneck", action="store_true",
+                        help="node parameter reuse_bottleneck (with --kernel-reuse T >= 2)")
 
 
 def _model_overrides(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
@@ -235,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
                                        for t in tracks})
         print(f"[ros-demo] prompts: the clip's objects {overrides['prompts']}", flush=True)
     overrides.setdefault("score_threshold", args.score_threshold)
+    if args.kernel_reuse != 1 or args.reuse_bottleneck:
+        overrides.update(kernel_reuse=args.kernel_reuse, reuse_bottleneck=args.reuse_bottleneck)
     overrides.update(input_topic=CAMERA_TOPIC, autostart=False)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -294,7 +300,10 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mobius-ros-demo", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if args.kernel_reuse < 1 or (args.reuse_bottleneck and args.kernel_reuse < 2):
+        parser.error(f"--kernel-reuse {args.kernel_reuse}: use T >= 1, and T >= 2 with --reuse-bottleneck")
+    return run(args)
 
 
 if __name__ == "__main__":

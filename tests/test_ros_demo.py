@@ -30,3 +30,10 @@ def test_ros_demo_streams_segments_and_writes_the_overlay_video(tmp_path):
     assert summary["prompts"] == sorted({f"{t['attributes']['color']} {t['attributes']['shape']}" for t in tracks})
     assert set(summary["instances_per_label"]) <= set(summary["prompts"])
     assert summary["node_latency_ms"]["p50"] > 0 and summary["kept_queries_per_layer"]
+
+
+@pytest.mark.parametrize("flags", [["--reuse-bottleneck"], ["--kernel-reuse", "0"]])
+def test_ros_demo_refuses_a_reuse_setting_the_node_would_refuse(flags, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ros_demo(flags)
+    assert stop.value.code == 2 and "--kernel-reuse" in capsys.readouterr().err
