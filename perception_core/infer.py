@@ -18,6 +18,8 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .runtime.reuse_options import add_reuse_arguments, reuse_settings
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -124,12 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=384, help="network input size (torch backend)")
     parser.add_argument("--threads", type=int, default=2, help="inference threads")
     parser.add_argument("--threshold", type=float, default=0.4, help="score threshold for new instances")
-    parser.add_argument("--kernel-reuse", type=int, default=1, metavar="T",
-                        help="decode fully every T frames, reuse mask kernels in between")
-    parser.add_argument("--reuse-bottleneck", action="store_true",
-                        help="with --kernel-reuse T > 1: between keyframes also reuse the keyframe's coarse mask "
-                             "features, moved after each object (recompute only the stride-4 map; over 10x "
-                             "cheaper)")
+    add_reuse_arguments(parser)
     parser.add_argument("--out", help="overlay video (.mp4)")
     parser.add_argument("--json", help="YouTube-VIS results json")
     parser.add_argument("--data", help="COCO/YouTube-VIS json whose category ids the prompts map to")
@@ -146,8 +143,7 @@ def processor_config(args: argparse.Namespace):
         raise ValueError(f"--backend {backend} does not run {'--weights' if args.weights else '--onnx'}; "
                          f"use --onnx with onnx and --weights with torch")
     return ProcessorConfig(backend=backend, model=model, preset=args.config, threads=args.threads,
-                           score_threshold=args.threshold, kernel_reuse=args.kernel_reuse,
-                           reuse_bottleneck=args.reuse_bottleneck, size=args.size)
+                           score_threshold=args.threshold, size=args.size, **reuse_settings(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,7 +196,8 @@ def _run(args: argparse.Namespace) -> int:
         write_json(entries, args.json)
     print(f"[infer] {collector.num_frames} frames, {len(entries)} tracks, {np.mean(counts) if counts else 0:.1f} "
           f"instances/frame, {np.median(latencies) if latencies else 0:.1f} ms/frame median "
-          f"({processor.backend.name}, {args.threads} threads, kernel reuse {args.kernel_reuse})")
+          f"({processor.backend.name}, {args.threads} threads, kernel reuse {args.kernel_reuse}"
+          f"{' with bottleneck reuse' if args.reuse_bottleneck else ''})")
     for label, path in (("overlay", args.out), ("results", args.json)):
         if path:
             print(f"[infer] {label}: {path}")

@@ -107,15 +107,20 @@ def test_make_sample_round_trips(sample, clip):
                 assert np.array_equal(decode(from_json["segmentations"][t]), track["masks"][t])
 
 
-def test_eval_metrics_equal_mobius_eval_video_on_the_same_frames(sample, tiny, tmp_path, capsys):
+@pytest.mark.parametrize("reuse", [[], ["--kernel-reuse", "3", "--reuse-bottleneck"]], ids=["every_frame", "reuse"])
+def test_eval_metrics_equal_mobius_eval_video_on_the_same_frames(sample, tiny, tmp_path, capsys, reuse):
     """bag path (rgb8 topic, ground truth from the bag's topic) == eval-video path (the PNG frames and
-    the json ground truth written beside the bag): the same results and the same metrics."""
+    the json ground truth written beside the bag): the same results and the same metrics, also with
+    kernel and bottleneck reuse between keyframes."""
     bag, gt_json = sample
     out = tmp_path / "result"
-    assert mobius(["bag", "eval", str(bag), "--topic", IMAGE_TOPIC, "--out", str(out), *model_args(tiny)]) == 0
+    assert mobius(["bag", "eval", str(bag), "--topic", IMAGE_TOPIC, "--out", str(out), *model_args(tiny),
+                   *reuse]) == 0
     summary = json.loads((tmp_path / "result_metrics.json").read_text())
     results = json.loads((tmp_path / "result_results.json").read_text())
     assert summary["frames"] == FRAMES and summary["skipped"] == {}
+    assert summary["settings"] == {"score_threshold": THRESHOLD, "kernel_reuse": 3 if reuse else 1,
+                                   "reuse_bottleneck": bool(reuse)}
     truth = json.loads(gt_json.read_text())
     names = {c["id"]: c["name"] for c in truth["categories"]}
     assert summary["prompts"] == [names[c] for c in sorted({a["category_id"] for a in truth["annotations"]})]
@@ -124,7 +129,7 @@ def test_eval_metrics_equal_mobius_eval_video_on_the_same_frames(sample, tiny, t
     assert mobius(["eval-video", "--data", str(gt_json), "--weights", str(tiny["weights"]), "--preset",
                    str(tiny["preset"]), "--size", str(tiny["size"]), "--threads", "1", "--score-threshold",
                    str(THRESHOLD), "--prompts", ",".join(summary["prompts"]), "--save-results", str(video_results),
-                   "--json", "--quiet"]) == 0
+                   "--json", "--quiet", *reuse]) == 0
     expected = json.loads(capsys.readouterr().out)
     assert results and json.loads(video_results.read_text()) == results, "same frames, same tracks"
     assert summary["metrics"]["video_ap"] == expected["video_ap"]

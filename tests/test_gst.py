@@ -184,3 +184,19 @@ def test_mobius_gst_reports_a_bad_source_and_exits_nonzero(tmp_path, tiny_model_
     assert code == 1
     assert "notanelement" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_mobius_gst_with_kernel_and_bottleneck_reuse(tmp_path, tiny_model_args, capsys):
+    """Between keyframes the tracks of the keyframe go on with their ids; a reuse setting the
+    processor refuses is a clear error before the pipeline starts."""
+    out = tmp_path / "overlay.mkv"
+    code = mobius(["gst", "videotestsrc num-buffers=4 pattern=ball ! video/x-raw,width=160,height=120",
+                   "--out", str(out), *tiny_model_args, "--threshold", "0.0", "--prompts", "red circle",
+                   "--kernel-reuse", "3", "--reuse-bottleneck"])
+    assert code == 0
+    per_frame = json.loads(out.with_suffix(".json").read_text())["per_frame"]
+    ids = [{inst["track_id"] for inst in frame["instances"]} for frame in per_frame]
+    assert ids[0] and ids[1] <= ids[0] and ids[2] <= ids[0] and ids[1]      # frames 1-2 reuse frame 0's tracks
+    code = mobius(["gst", "videotestsrc num-buffers=2", "--sink", "fakesink", *tiny_model_args,
+                   "--reuse-bottleneck", "--json", str(tmp_path / "r.json")])
+    assert code == 1 and "kernel_reuse >= 2" in capsys.readouterr().err

@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..runtime.reuse_options import add_reuse_arguments, reuse_settings
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="bag_command", metavar="ACTION", required=True)
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--size", type=int, default=384, help="torch backend: network input side")
     evaluate.add_argument("--threads", type=int, default=2, help="inference threads")
     evaluate.add_argument("--threshold", type=float, default=0.4, help="score threshold")
+    add_reuse_arguments(evaluate)
 
 
 def _make_sample(args: argparse.Namespace) -> int:
@@ -84,7 +87,7 @@ def _processor_config(args: argparse.Namespace):
 
     model = args.weights if args.backend == "torch" else args.onnx
     return ProcessorConfig(backend=args.backend, model=model, preset=args.preset, size=args.size,
-                           threads=args.threads, score_threshold=args.threshold)
+                           threads=args.threads, score_threshold=args.threshold, **reuse_settings(args))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -102,7 +105,8 @@ def _eval(args: argparse.Namespace) -> int:
     summary = {"bag": str(args.bag), "topic": args.topic, "out": str(out), "results": str(results),
                "messages": report.messages, "frames": report.frames, "unmatched": report.unmatched,
                "skipped": dict(report.skipped.counts), "skipped_examples": report.skipped.examples,
-               "prompts": report.prompts, "latency_ms": report.latency_ms, "metrics": report.metrics}
+               "prompts": report.prompts, "settings": {"score_threshold": args.threshold, **reuse_settings(args)},
+               "latency_ms": report.latency_ms, "metrics": report.metrics}
     metrics_path = out.with_name(out.name + "_metrics.json")
     metrics_path.write_text(json.dumps(summary, indent=1, default=str))
     print("\n".join(report_lines(report)))

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..runtime.reuse_options import add_reuse_arguments, reuse_settings
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="VIDEOS.json", help="YouTube-VIS ground-truth json")
@@ -34,9 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=384, help="input size for the torch backend (default 384)")
     parser.add_argument("--prompts", help="comma-separated category names, or 'seen' (default: all categories)")
     parser.add_argument("--score-threshold", type=float, default=0.4, help="processor score threshold (default 0.4)")
-    parser.add_argument("--kernel-reuse", type=int, default=1, metavar="T", help="full decode every T frames")
-    parser.add_argument("--reuse-bottleneck", action="store_true",
-                        help="with --kernel-reuse T > 1: also reuse the keyframe's coarse mask features")
+    add_reuse_arguments(parser)
     parser.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
     parser.add_argument("--limit", type=int, help="run only the first N videos")
     parser.add_argument("--tracking-mode", choices=("per_category", "class_agnostic"), default="per_category")
@@ -66,8 +66,7 @@ def make_processor(args: argparse.Namespace, prompts: list[str]):
     backend = "torch" if args.weights else "onnx"
     preset = args.preset or assets.info().get("preset", assets.PRESET)
     config = ProcessorConfig(backend=backend, model=args.weights or args.onnx, preset=preset, threads=args.threads,
-                             score_threshold=args.score_threshold, kernel_reuse=args.kernel_reuse,
-                             reuse_bottleneck=args.reuse_bottleneck, size=args.size)
+                             score_threshold=args.score_threshold, size=args.size, **reuse_settings(args))
     return FrameProcessor(config, prompts)
 
 
@@ -161,8 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if args.record:
         from .record import record_metrics, split_name, video_summary
 
-        settings = {"score_threshold": args.score_threshold, "kernel_reuse": args.kernel_reuse,
-                    "reuse_bottleneck": args.reuse_bottleneck, "threads": args.threads}
+        settings = {"score_threshold": args.score_threshold, **reuse_settings(args), "threads": args.threads}
         path = record_metrics(f"eval-video {split_name(data, args.data)}", video_summary(metrics, args.data, settings))
         print(f"recorded in {path}", file=sys.stderr)
     return 0

@@ -1,0 +1,19 @@
+"""Command-line options for decoding between keyframes, shared by every front end that runs a
+FrameProcessor over a stream (`mobius infer`, `eval-video`, `gst`, `bag eval`)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_reuse_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kernel-reuse", type=int, default=1, metavar="T",
+                        help="decode fully every T frames, reuse the keyframe's mask kernels in between (default 1)")
+    parser.add_argument("--reuse-bottleneck", action="store_true",
+                        help="with --kernel-reuse T >= 2: also reuse the keyframe's coarse mask features, moved after "
+                             "each object, so only the stride-4 map is recomputed between keyframes (over 10x "
+                             "cheaper than kernel reuse alone)")
+
+
+def reuse_settings(args: argparse.Namespace) -> dict:
+    """ProcessorConfig keyword arguments of the options above (ProcessorConfig validates them)."""
+    return {"kernel_reuse": args.kernel_reuse, "reuse_bottleneck": args.reuse_bottleneck}
