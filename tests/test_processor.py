@@ -283,3 +283,19 @@ def test_pruning_every_query_gives_an_empty_frame(clip, backend):
     result = processor.process(clip[0])
     assert result.kept_per_layer[1:] == [0, 0] and result.instances == []
     assert not result.id_image.any()
+
+
+def test_a_wrong_companion_graph_is_named(tmp_path):
+    """A lateral graph file that is not one (here the mask graph under its name) is refused with
+    the file and the fix, not an onnxruntime input error."""
+    import shutil
+
+    from perception_core.runtime.export_kernels import LATERAL_SUFFIX, mask_graph_path
+
+    model = tmp_path / "model.onnx"
+    shutil.copy(tiny_model().onnx, model)
+    shutil.copy(mask_graph_path(tiny_model().onnx), mask_graph_path(model, LATERAL_SUFFIX))
+    processor = FrameProcessor(ProcessorConfig(model=str(model), preset=str(tiny_model().preset), threads=1,
+                                               kernel_reuse=3, reuse_bottleneck=True), PROMPTS)
+    with pytest.raises(ValueError, match=r"lateral graph '.*model\.lateral\.onnx' has inputs .*re-export it"):
+        processor.warm_up()

@@ -92,7 +92,8 @@ class OnnxBackend(Backend):
 
         from .export_kernels import LATERAL_SUFFIX, MASK_SUFFIX, mask_graph_path
 
-        expected = MASK_INPUT_NAMES if kind == "mask" else LATERAL_INPUT_NAMES
+        expected = (MASK_INPUT_NAMES, MASK_OUTPUT_NAMES) if kind == "mask" else (LATERAL_INPUT_NAMES,
+                                                                                 LATERAL_OUTPUT_NAMES)
         path = mask_graph_path(self.path, MASK_SUFFIX if kind == "mask" else LATERAL_SUFFIX)
         if not path.is_file():
             path = self._export_shipped_companion(kind, path)
@@ -101,9 +102,10 @@ class OnnxBackend(Backend):
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:
             raise load_error(f"{kind} graph", path, error) from None
-        names = tuple(i.name for i in session.get_inputs())
+        names = (tuple(i.name for i in session.get_inputs()), tuple(o.name for o in session.get_outputs()))
         if names != expected:
-            raise ValueError(f"{kind} graph '{path}' has inputs {names}, expected {expected}; re-export it")
+            raise ValueError(f"{kind} graph '{path}' has inputs {names[0]} and outputs {names[1]}, expected "
+                             f"{expected[0]} and {expected[1]}; re-export it")
         return session
 
     def _export_shipped_companion(self, kind: str, wanted: Path) -> Path:
