@@ -59,14 +59,14 @@ def test_objects_without_a_keyframe_mask_and_runaway_starts():
     assert (masks < 0).all()
 
 
-def test_shift_map_moves_and_replicates_the_border():
+def test_shifter_moves_and_replicates_the_border():
     values = np.arange(20.0).reshape(4, 5)
-    moved = motion.shift_map(values, np.array([1.4, -2.0]))   # one row down, two columns left
+    shifter = motion.Shifter(values, (2, 3))
+    moved = shifter(np.array([1.4, -2.0]))                    # one row down, two columns left
     np.testing.assert_array_equal(moved[1:, :3], values[:3, 2:])
     np.testing.assert_array_equal(moved[0], moved[1])        # rows entering at the top repeat the border
     np.testing.assert_array_equal(moved[:, 3], moved[:, 2])
     assert np.isnan(motion.centroid(np.zeros((3, 3), bool))).all()
-    shifter = motion.Shifter(values, (2, 3))
     np.testing.assert_array_equal(shifter.padded, np.pad(values, ((2, 2), (3, 3)), mode="edge"))
     np.testing.assert_array_equal(shifter(np.array([9.0, -9.0])), shifter(np.array([2.0, -3.0])))  # clipped
     mask = np.zeros((5, 6), bool)

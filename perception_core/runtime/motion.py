@@ -54,12 +54,6 @@ class Shifter:
         return self.padded[top:top + self.shape[0], left:left + self.shape[1]]
 
 
-def shift_map(values: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """(H, W) map moved by the rounded (rows, cols) shift; border values fill what enters."""
-    reach = tuple(int(abs(round(float(v)))) for v in shift)
-    return Shifter(values, reach)(shift)
-
-
 def align(coarse: np.ndarray, fine: np.ndarray, key_centroids: np.ndarray,
           start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """coarse, fine: (N, H, W) logit parts; key_centroids (N, 2) of the keyframe's masks (NaN: empty);
