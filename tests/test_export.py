@@ -25,7 +25,7 @@ def exported(tmp_path_factory):
     save_weights(model, tmp / "w.safetensors")
     onnx_path = tmp / "model.onnx"
     assert mobius(["export", "--config", "mobius_nano", "--weights", str(tmp / "w.safetensors"),
-                   "--size", str(SIZE), "--out", str(onnx_path), *TINY]) == 0
+                   "--size", str(SIZE), "--out", str(onnx_path), "--reuse-graphs", *TINY]) == 0
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     return model, session, onnx_path
 
@@ -93,3 +93,30 @@ def test_samplers(exported, tmp_path):
     feed = {n: a.numpy() for n, a in zip(INPUT_NAMES, args)}
     for name, a, b in zip(OUTPUT_NAMES, session.run(None, feed), other.run(None, feed)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_reuse_graphs_are_written_beside_the_model_and_serve_the_runtime(exported, tmp_path):
+    """`mobius export --reuse-graphs`: the mask and lateral graphs next to the model, usable by a
+    FrameProcessor with kernel and bottleneck reuse (frames 1 and 2 are decoded by them)."""
+    import yaml
+
+    from perception_core.config import load_model_config, to_dict
+    from perception_core.runtime.export_kernels import LATERAL_SUFFIX, mask_graph_path
+    from perception_core.runtime.io_names import LATERAL_INPUT_NAMES, MASK_INPUT_NAMES
+    from perception_core.runtime.processor import FrameProcessor, ProcessorConfig
+
+    _, _, onnx_path = exported
+    for path, names in ((mask_graph_path(onnx_path), MASK_INPUT_NAMES),
+                        (mask_graph_path(onnx_path, LATERAL_SUFFIX), LATERAL_INPUT_NAMES)):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert tuple(i.name for i in session.get_inputs()) == names
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(to_dict(load_model_config("mobius_nano", TINY))))
+    config = ProcessorConfig(model=str(onnx_path), preset=str(preset), threads=1, score_threshold=0.0,
+                             kernel_reuse=3, reuse_bottleneck=True)
+    processor = FrameProcessor(config, ["red star", "blue circle"])
+    frame = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    results = [processor.process(frame) for _ in range(3)]
+    assert [bool(r.kept_per_layer) for r in results] == [True, False, False]
+    assert results[0].instances and [i.track_id for i in results[2].instances] == \
+        [i.track_id for i in results[0].instances]

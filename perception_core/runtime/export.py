@@ -103,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, default="deform_conv",
                         help="deformable sampling of the pixel decoder: one DeformConv per attention (faster "
                              "on onnxruntime) or GridSample per level (for runtimes without DeformConv)")
+    parser.add_argument("--reuse-graphs", action="store_true",
+                        help="also write the companion graphs for reuse between keyframes next to --out: "
+                             "<name>.masks.onnx (kernel reuse) and <name>.lateral.onnx (bottleneck reuse)")
     parser.add_argument("overrides", nargs="*", help="model config overrides key=value")
 
 
@@ -117,4 +120,10 @@ def run(args: argparse.Namespace) -> int:
     path = export_onnx(model, args.out, args.size, args.sampler)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {OPSET}, sampler {args.sampler}, "
           f"inputs {list(INPUT_NAMES)})")
+    if args.reuse_graphs:
+        from .export_kernels import LATERAL_SUFFIX, export_lateral_graph, export_mask_graph, mask_graph_path
+
+        for companion in (export_mask_graph(model, mask_graph_path(path), args.size, args.sampler),
+                          export_lateral_graph(model, mask_graph_path(path, LATERAL_SUFFIX), args.size)):
+            print(f"wrote {companion} ({companion.stat().st_size / 1e6:.1f} MB)")
     return 0
