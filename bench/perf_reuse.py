@@ -21,7 +21,6 @@ and the mask IoU with the object's true mask is averaged over objects, frames an
 from __future__ import annotations
 
 import os
-import statistics
 
 import numpy as np
 
