@@ -89,8 +89,7 @@ def model_gflops(model, feed: dict, kept: list[int]) -> float:
 def kernel_reuse_sessions(onnx_path, feed: dict, settings: Settings) -> dict:
     """perf_profile.alternation_check with 3 of the frame's refined queries as the reused kernels."""
     import perf_profile
-    from perception_core.runtime.export_kernels import mask_graph_path
-    from perception_core.runtime.io_names import MASK_INPUT_NAMES
+    from perception_core.runtime.io_names import MASK_INPUT_NAMES, mask_graph_path
 
     query_embed = onnx_session(onnx_path, 1).run(["query_embed"], feed)[0][:, :3]
     mask_feed = {name: feed[name] for name in MASK_INPUT_NAMES if name != "query_embed"}

@@ -106,7 +106,7 @@ def bench_model(folder: Path, size: int, frame: np.ndarray, prompts: list[str]) 
 
     from .model.build import build_from_name, save_weights
     from .runtime.export import export_onnx
-    from .runtime.export_kernels import LATERAL_SUFFIX, export_lateral_graph, export_mask_graph, mask_graph_path
+    from .runtime.export_kernels import export_reuse_graphs
 
     print("[bench] no shipped model: exporting mobius_nano with random weights ...", flush=True)
     torch.manual_seed(0)
@@ -114,8 +114,7 @@ def bench_model(folder: Path, size: int, frame: np.ndarray, prompts: list[str]) 
     calibrate_random_model(model, frame, prompts, size)
     save_weights(model, folder / "random.safetensors")
     onnx = export_onnx(model, folder / "random.onnx", size)
-    export_mask_graph(model, mask_graph_path(onnx), size)
-    export_lateral_graph(model, mask_graph_path(onnx, LATERAL_SUFFIX), size)
+    export_reuse_graphs(model, onnx, size)
     return BenchModel(onnx, folder / "random.safetensors", "mobius_nano", False)
 
 

@@ -61,16 +61,13 @@ def _write(folder: Path, onnx: bool) -> None:
     from perception_core.config import load_model_config, to_dict
     from perception_core.model.build import save_weights
     from perception_core.runtime.export import export_onnx
-    from perception_core.runtime.export_kernels import (LATERAL_SUFFIX, export_lateral_graph, export_mask_graph,
-                                                        mask_graph_path)
+    from perception_core.runtime.export_kernels import export_reuse_graphs
 
     model = _model()
     save_weights(model, folder / "tiny.safetensors")
     (folder / "tiny.yaml").write_text(yaml.safe_dump(to_dict(load_model_config("mobius_nano", TINY))))
     if onnx:
-        main = export_onnx(model, folder / "tiny.onnx", SIZE)
-        export_mask_graph(model, mask_graph_path(main), SIZE)
-        export_lateral_graph(model, mask_graph_path(main, LATERAL_SUFFIX), SIZE)
+        export_reuse_graphs(model, export_onnx(model, folder / "tiny.onnx", SIZE), SIZE)
 
 
 def _cached(kind: str, onnx: bool) -> Path:

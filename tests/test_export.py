@@ -101,7 +101,7 @@ def test_reuse_graphs_are_written_beside_the_model_and_serve_the_runtime(exporte
     import yaml
 
     from perception_core.config import load_model_config, to_dict
-    from perception_core.runtime.export_kernels import LATERAL_SUFFIX, mask_graph_path
+    from perception_core.runtime.io_names import LATERAL_SUFFIX, mask_graph_path
     from perception_core.runtime.io_names import LATERAL_INPUT_NAMES, MASK_INPUT_NAMES
     from perception_core.runtime.processor import FrameProcessor, ProcessorConfig
 

@@ -290,7 +290,7 @@ def test_a_wrong_companion_graph_is_named(tmp_path):
     the file and the fix, not an onnxruntime input error."""
     import shutil
 
-    from perception_core.runtime.export_kernels import LATERAL_SUFFIX, mask_graph_path
+    from perception_core.runtime.io_names import LATERAL_SUFFIX, mask_graph_path
 
     model = tmp_path / "model.onnx"
     shutil.copy(tiny_model().onnx, model)

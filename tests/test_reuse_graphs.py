@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from perception_core.model.build import build_from_name, load_weights
-from perception_core.runtime.export_kernels import LATERAL_SUFFIX, LateralGraph, MaskGraph, mask_graph_path
-from perception_core.runtime.io_names import LATERAL_INPUT_NAMES, LATERAL_OUTPUT_NAMES
+from perception_core.runtime.export_kernels import LateralGraph, MaskGraph
+from perception_core.runtime.io_names import LATERAL_INPUT_NAMES, LATERAL_OUTPUT_NAMES, LATERAL_SUFFIX, mask_graph_path
 from runtime_models import SIZE, TINY, tiny_model
 
 

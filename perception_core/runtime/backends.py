@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io_names import LATERAL_INPUT_NAMES, LATERAL_OUTPUT_NAMES, MASK_INPUT_NAMES, MASK_OUTPUT_NAMES, OUTPUT_NAMES
+from .io_names import (LATERAL_GRAPH, LATERAL_OUTPUT_NAMES, MASK_GRAPH, MASK_INPUT_NAMES, MASK_OUTPUT_NAMES,
+                       OUTPUT_NAMES, Companion, mask_graph_path)
 from .onnx_engine import OnnxEngine, load_error, session_options
 
 log = logging.getLogger(__name__)
@@ -72,61 +73,57 @@ class OnnxBackend(Backend):
     def masks(self, feed: dict[str, np.ndarray], query_embed: np.ndarray) -> np.ndarray:
         inputs = {name: feed[name] for name in MASK_INPUT_NAMES if name != "query_embed"}
         inputs["query_embed"] = np.ascontiguousarray(query_embed, dtype=np.float32)
-        return self._session("mask").run(list(MASK_OUTPUT_NAMES), inputs)[0]
+        return self._session(MASK_GRAPH).run(list(MASK_OUTPUT_NAMES), inputs)[0]
 
     def lateral_masks(self, images: np.ndarray, mask_coarse: np.ndarray,
                       query_embed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inputs = {"images": images, "mask_coarse": mask_coarse,
                   "query_embed": np.ascontiguousarray(query_embed, dtype=np.float32)}
-        coarse, fine = self._session("lateral").run(list(LATERAL_OUTPUT_NAMES), inputs)
+        coarse, fine = self._session(LATERAL_GRAPH).run(list(LATERAL_OUTPUT_NAMES), inputs)
         return coarse, fine                                       # (1, N, S/4, S/4) each
 
-    def _session(self, kind: str):
-        """The companion graph's session ('mask' or 'lateral'), loaded on first use."""
-        if kind not in self._sessions:
-            self._sessions[kind] = self._load_companion(kind)
-        return self._sessions[kind]
+    def _session(self, companion: Companion):
+        """The companion graph's session, loaded on first use."""
+        if companion.kind not in self._sessions:
+            self._sessions[companion.kind] = self._load_companion(companion)
+        return self._sessions[companion.kind]
 
-    def _load_companion(self, kind: str):
+    def _load_companion(self, companion: Companion):
         import onnxruntime as ort
 
-        from .export_kernels import LATERAL_SUFFIX, MASK_SUFFIX, mask_graph_path
-
-        expected = (MASK_INPUT_NAMES, MASK_OUTPUT_NAMES) if kind == "mask" else (LATERAL_INPUT_NAMES,
-                                                                                 LATERAL_OUTPUT_NAMES)
-        path = mask_graph_path(self.path, MASK_SUFFIX if kind == "mask" else LATERAL_SUFFIX)
+        path = mask_graph_path(self.path, companion.suffix)
         if not path.is_file():
-            path = self._export_shipped_companion(kind, path)
+            path = self._export_shipped_companion(companion, path)
         options = session_options(self.threads)
+        what = f"{companion.kind} graph"
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:
-            raise load_error(f"{kind} graph", path, error) from None
+            raise load_error(what, path, error) from None
         names = (tuple(i.name for i in session.get_inputs()), tuple(o.name for o in session.get_outputs()))
-        if names != expected:
-            raise ValueError(f"{kind} graph '{path}' has inputs {names[0]} and outputs {names[1]}, expected "
-                             f"{expected[0]} and {expected[1]}; re-export it")
+        if names != (companion.inputs, companion.outputs):
+            raise ValueError(f"{what} '{path}' has inputs {names[0]} and outputs {names[1]}, expected "
+                             f"{companion.inputs} and {companion.outputs}; re-export it")
         return session
 
-    def _export_shipped_companion(self, kind: str, wanted: Path) -> Path:
+    def _export_shipped_companion(self, companion: Companion, wanted: Path) -> Path:
         """The shipped model may lack a companion graph: export it once from the shipped weights."""
         from .. import assets
 
         if self.path.resolve() != assets.ONNX.resolve() or not assets.WEIGHTS.is_file():
-            what, flag = (("kernel reuse", "") if kind == "mask" else ("bottleneck reuse", " --lateral"))
+            flag = " --lateral" if companion is LATERAL_GRAPH else ""
             command = f"python -m perception_core.runtime.export_kernels --weights W --size {self.size}{flag}"
             raise FileNotFoundError(
-                f"{what} with backend 'onnx' needs the {kind} graph '{wanted}'; create it with "
-                f"'{command} --out {wanted}' or use backend 'torch' (or kernel_reuse 1)")
+                f"{companion.purpose} with backend 'onnx' needs the {companion.kind} graph '{wanted}'; create it "
+                f"with '{command} --out {wanted}' or use backend 'torch' (or kernel_reuse 1)")
         from ..model.build import build_from_name, load_weights
         from .export_kernels import export_lateral_graph, export_mask_graph
 
         model = load_weights(build_from_name(assets.PRESET), assets.WEIGHTS)
         target = Path(tempfile.mkdtemp(prefix="mobius_masks_")) / wanted.name
-        log.info("exporting the shipped model's %s graph to %s", kind, target)
-        if kind == "mask":
-            return export_mask_graph(model, target, self.size)
-        return export_lateral_graph(model, target, self.size)
+        log.info("exporting the shipped model's %s graph to %s", companion.kind, target)
+        export = export_lateral_graph if companion is LATERAL_GRAPH else export_mask_graph
+        return export(model, target, self.size)
 
 
 class TorchBackend(Backend):

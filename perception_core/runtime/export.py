@@ -121,9 +121,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {OPSET}, sampler {args.sampler}, "
           f"inputs {list(INPUT_NAMES)})")
     if args.reuse_graphs:
-        from .export_kernels import LATERAL_SUFFIX, export_lateral_graph, export_mask_graph, mask_graph_path
+        from .export_kernels import export_reuse_graphs
 
-        for companion in (export_mask_graph(model, mask_graph_path(path), args.size, args.sampler),
-                          export_lateral_graph(model, mask_graph_path(path, LATERAL_SUFFIX), args.size)):
+        for companion in export_reuse_graphs(model, path, args.size, args.sampler):
             print(f"wrote {companion} ({companion.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -31,18 +31,8 @@ from torch import Tensor, nn
 
 from ..model.pixel_decoder_common import MaskFeatures
 from .export import SAMPLERS, dynamo_export
-from .io_names import LATERAL_INPUT_NAMES, LATERAL_OUTPUT_NAMES, MASK_INPUT_NAMES, MASK_OUTPUT_NAMES
-
-MASK_SUFFIX = ".masks.onnx"
-LATERAL_SUFFIX = ".lateral.onnx"
-
-
-def mask_graph_path(onnx_path: str | Path, suffix: str = MASK_SUFFIX) -> Path:
-    """Companion file of a main ONNX model: 'dir/model.onnx' -> 'dir/model.masks.onnx' (or the
-    lateral graph's 'dir/model.lateral.onnx' with suffix=LATERAL_SUFFIX)."""
-    path = Path(onnx_path)
-    return path.with_name(path.name[:-len(".onnx")] + suffix if path.name.endswith(".onnx")
-                          else path.name + suffix)
+from .io_names import (LATERAL_INPUT_NAMES, LATERAL_OUTPUT_NAMES, LATERAL_SUFFIX, MASK_INPUT_NAMES,
+                       MASK_OUTPUT_NAMES, mask_graph_path)
 
 
 class MaskGraph(nn.Module):
@@ -120,6 +110,14 @@ def export_lateral_graph(model: nn.Module, path: str | Path, size: int = 384) ->
             torch.randn(1, 4, model.config.hidden_dim, generator=generator))
     dynamic = {"images": None, "mask_coarse": None, "query_embed": {1: torch.export.Dim("queries", max=4096)}}
     return dynamo_export(graph, args, Path(path), list(LATERAL_INPUT_NAMES), list(LATERAL_OUTPUT_NAMES), dynamic)
+
+
+def export_reuse_graphs(model: nn.Module, onnx_path: str | Path, size: int = 384,
+                        sampler: str = "deform_conv") -> list[Path]:
+    """Both companion graphs of the main graph at `onnx_path`, written beside it: the mask graph
+    (kernel reuse) and the lateral graph (bottleneck reuse). Returns their paths."""
+    return [export_mask_graph(model, mask_graph_path(onnx_path), size, sampler),
+            export_lateral_graph(model, mask_graph_path(onnx_path, LATERAL_SUFFIX), size)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,10 @@
-"""ONNX graph input and output names, defined once and shared by the exporter and the runtime."""
+"""ONNX graph input and output names, defined once and shared by the exporter and the runtime, and
+the file names of the companion graphs (here, not beside the exporter, so that the onnxruntime backend
+finds them without importing it)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
 
 # images (1, 3, H, W) float32 normalized; text_tokens (P, T, 384) float32; text_mask (P, T) bool
 # (True = real token); text_pooled (P, 384) float32; track_queries (1, Nt, C) float32 and
@@ -32,3 +38,25 @@ MASK_OUTPUT_NAMES = ("pred_masks",)
 # stride-4 map (backbone first stage only: no pixel decoder, no text). runtime/motion.py aligns them.
 LATERAL_INPUT_NAMES = ("images", "mask_coarse", "query_embed")
 LATERAL_OUTPUT_NAMES = ("coarse_logits", "fine_logits")
+
+
+class Companion(NamedTuple):
+    """A graph run between keyframes, in a file beside the main model: '<model><suffix>'."""
+    kind: str                    # "mask" | "lateral"
+    purpose: str                 # what it serves, for messages
+    suffix: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+MASK_GRAPH = Companion("mask", "kernel reuse", ".masks.onnx", MASK_INPUT_NAMES, MASK_OUTPUT_NAMES)
+LATERAL_GRAPH = Companion("lateral", "bottleneck reuse", ".lateral.onnx", LATERAL_INPUT_NAMES, LATERAL_OUTPUT_NAMES)
+MASK_SUFFIX, LATERAL_SUFFIX = MASK_GRAPH.suffix, LATERAL_GRAPH.suffix
+
+
+def mask_graph_path(onnx_path: str | Path, suffix: str = MASK_SUFFIX) -> Path:
+    """Companion file of a main ONNX model: 'dir/model.onnx' -> 'dir/model.masks.onnx' (or the
+    lateral graph's 'dir/model.lateral.onnx' with suffix=LATERAL_SUFFIX)."""
+    path = Path(onnx_path)
+    return path.with_name(path.name[:-len(".onnx")] + suffix if path.name.endswith(".onnx")
+                          else path.name + suffix)

@@ -27,7 +27,7 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     from ..model.build import build_model, save_weights
     from ..model.text_encoder import MiniLMTextEncoder, save_prompt_embeddings
     from ..runtime.export import export_onnx
-    from ..runtime.export_kernels import LATERAL_SUFFIX, export_lateral_graph, export_mask_graph, mask_graph_path
+    from ..runtime.export_kernels import export_reuse_graphs
     from .engine import load_checkpoint
     from .recipe import ModelSection
 
@@ -43,8 +43,7 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     save_weights(model, out / f"{stem}.safetensors")
     with torch.no_grad():
         onnx_path = export_onnx(model, out / f"{stem}.onnx", size)
-        export_mask_graph(model, mask_graph_path(onnx_path), size)  # kernel reuse between keyframes
-        export_lateral_graph(model, mask_graph_path(onnx_path, LATERAL_SUFFIX), size)  # bottleneck reuse
+        export_reuse_graphs(model, onnx_path, size)  # kernel and bottleneck reuse between keyframes
     prompts = list(assets.DEFAULT_PROMPTS)
     encoder = MiniLMTextEncoder(max_tokens=model_config.text.max_tokens)
     save_prompt_embeddings(out / assets.PROMPT_EMBEDDINGS.name, prompts, encoder.encode(prompts))
