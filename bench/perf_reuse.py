@@ -43,7 +43,7 @@ def clip_ious(backend, frames: list[np.ndarray], tracks: list[dict],
               prompts: list[str]) -> dict[str, list[list[float]]]:
     """{method: per offset (1..OFFSETS) the IoUs of every matched object} for one clip."""
     from perception_core import assets
-    from perception_core.runtime.motion import align, centroid
+    from perception_core.runtime.motion import align, mask_centroids
     from perception_core.runtime.postprocess import mask_to_frame
     from perception_core.runtime.preprocess import preprocess
     from perception_core.runtime.prompts import encode_prompts
@@ -76,7 +76,7 @@ def clip_ious(backend, frames: list[np.ndarray], tracks: list[dict],
             continue
         rows = [row for _, row in matched]
         kernels = out["query_embed"][:, rows]
-        centroids = np.array([centroid(out["pred_masks"][0, row] > 0) for row in rows])
+        centroids = mask_centroids(out["pred_masks"][0, rows])
         shifts = None
         for offset in range(1, OFFSETS + 1):
             t = key + offset

@@ -72,6 +72,10 @@ def test_shifter_moves_and_replicates_the_border():
     mask = np.zeros((5, 6), bool)
     mask[1:3, 2:6] = True
     np.testing.assert_allclose(motion.centroid(mask), [1.5, 3.5])
+    logits = np.stack([np.where(mask, 1.0, -1.0), np.full((5, 6), -1.0)])
+    centroids = motion.mask_centroids(logits)
+    np.testing.assert_allclose(centroids[0], [1.5, 3.5])
+    assert np.isnan(centroids[1]).all() and motion.mask_centroids(logits[:0]).shape == (0, 2)
 
 
 def test_mismatched_parts_are_refused():

@@ -34,6 +34,12 @@ def centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([per_row @ np.arange(mask.shape[0]), per_col @ np.arange(mask.shape[1])]) / total
 
 
+def mask_centroids(logits: np.ndarray) -> np.ndarray:
+    """(N, H, W) mask logits -> (N, 2) centroids of their positive pixels (NaN rows for empty masks):
+    the keyframe centroids `align` measures displacements from."""
+    return np.array([centroid(mask > 0) for mask in logits]).reshape(-1, 2)
+
+
 class Shifter:
     """Views of one (H, W) map moved by integer shifts of up to `reach` rows / columns: the map is
     padded once with its border values, and each shift is a slice of that (no copy per shift)."""

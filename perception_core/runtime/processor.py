@@ -27,7 +27,7 @@ import numpy as np
 
 from .backends import make_backend
 from .decoder_cost import DecoderShape, decoder_gflops, mask_flops
-from .motion import align, centroid
+from .motion import align, mask_centroids
 from .postprocess import box_to_frame, mask_box, mask_to_frame, valid_mask_region
 from .preprocess import Letterbox, preprocess
 from .prompts import encode_prompts
@@ -221,8 +221,7 @@ class FrameProcessor:
         self._keyframe = _Keyframe(self._frame_index, letterbox, outputs, out["query_embed"][:, rows])
         if self._lateral:
             self._keyframe.mask_coarse = out["mask_coarse"]
-            centroids = [centroid(out["pred_masks"][0, row] > 0) for row in rows]
-            self._keyframe.centroids = np.array(centroids).reshape(-1, 2)
+            self._keyframe.centroids = mask_centroids(out["pred_masks"][0, rows])
         timings["postprocess"] += (time.perf_counter() - tic) * 1000
         kept = [int(k) for k in out["kept_per_layer"]]
         gflops = decoder_gflops(self._shape, kept, len(self._prompts)) if self._shape is not None else None
