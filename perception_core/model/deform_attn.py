@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import deform_conv
-from .layers import affine_channels_first, in_export_form, linear_channels_first
+from .layers import in_export_form, linear_channels_first
 
 
 def deform_sample(value: Tensor, spatial_shapes: list[tuple[int, int]], grids: Tensor, weights: Tensor) -> Tensor:
@@ -273,8 +273,13 @@ def _with_bias_column(attention: MSDeformAttn, embedding: Tensor | None = None) 
     """(C, C + 1): the value projection's weight W with W e + b as one more column, for inputs with a
     row of ones (or a validity channel) under them; e a (C, 1) embedding, or none."""
     proj = attention.value_proj
-    bias = proj.bias[:, None] if embedding is None else torch.matmul(proj.weight, embedding) + proj.bias[:, None]
+    bias = proj.bias[:, None] if embedding is None else _embedded_bias(attention, embedding)
     return torch.cat([proj.weight, bias], dim=1)
+
+
+def _embedded_bias(attention: MSDeformAttn, embedding: Tensor) -> Tensor:
+    """W e + b: the value projection of a constant (C, S) or (C, 1) embedding, (C, S) or (C, 1)."""
+    return torch.matmul(attention.value_proj.weight, embedding) + attention.value_proj.bias[:, None]
 
 
 def _project_split(attentions: Sequence[MSDeformAttn], value: "deform_conv.SplitCanvas",
@@ -287,8 +292,7 @@ def _project_split(attentions: Sequence[MSDeformAttn], value: "deform_conv.Split
     layout, first = value.layout, value.first
     batch, _, height, width = first.shape
     weights = [a.value_proj.weight for a in attentions]
-    biases = [torch.matmul(a.value_proj.weight, value.first_embedding) + a.value_proj.bias[:, None]
-              for a in attentions]                                                 # V e + b, constants
+    biases = [_embedded_bias(a, value.first_embedding) for a in attentions]        # V e + b, constants
     firsts = first.project(weights, biases)
     out = []
     for attention, projected in zip(attentions, firsts):

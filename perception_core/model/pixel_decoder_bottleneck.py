@@ -100,7 +100,7 @@ class BottleneckPixelDecoder(nn.Module):
         """s2: (B,C,H/4,W/4); pyramid: [S3,S4,S5,S6] each (B,C,h,w), S3 possibly factored; text
         tokens (B,T,C)."""
         if self.multi_scale_memory:   # the decoder attends to S3 itself: form it
-            pyramid = [f.dense() if isinstance(f, NormedProjection) else f for f in pyramid]
+            pyramid = _formed(pyramid)
         batch, dim, height, width = pyramid[self.bottleneck_level].shape
         level_shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in pyramid]
         device, dtype = pyramid[self.bottleneck_level].device, pyramid[self.bottleneck_level].dtype
@@ -119,8 +119,7 @@ class BottleneckPixelDecoder(nn.Module):
             else:
                 values = deform_conv.ValueCanvas.from_levels(levels)
         else:
-            dense = [f.dense() if isinstance(f, NormedProjection) else f for f in pyramid]
-            values = torch.cat([f.flatten(2) for f in dense], dim=2) + embed                   # (B, C, S)
+            values = torch.cat([f.flatten(2) for f in _formed(pyramid)], dim=2) + embed        # (B, C, S)
         pos = sine_position_embedding(height, width, dim, device, dtype)
         pos = (pos + self.level_embed[self.bottleneck_level]).t()                     # (C, N)
         ref_points = reference_grid([(height, width)], device, dtype)
@@ -139,3 +138,8 @@ class BottleneckPixelDecoder(nn.Module):
             mask_features=self.mask_head(enhanced, s2),
             text=text,
         )
+
+
+def _formed(levels: list[Tensor | NormedProjection]) -> list[Tensor]:
+    """The level maps, a factored one (NormedProjection) formed."""
+    return [f.dense() if isinstance(f, NormedProjection) else f for f in levels]
