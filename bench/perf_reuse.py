@@ -42,20 +42,16 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def clip_ious(backend, frames: list[np.ndarray], tracks: list[dict],
               prompts: list[str]) -> dict[str, list[list[float]]]:
     """{method: per offset (1..OFFSETS) the IoUs of every matched object} for one clip."""
-    from perception_core import assets
     from perception_core.runtime.motion import align, mask_centroids
     from perception_core.runtime.postprocess import mask_to_frame
     from perception_core.runtime.preprocess import preprocess
     from perception_core.runtime.prompts import encode_prompts
 
     _, text = encode_prompts(prompts)
-    thresholds, min_kept = model_pruning(assets.PRESET, backend.num_layers)
-    empty = {"track_queries": np.zeros((1, 0, backend.hidden_dim), np.float32),
-             "track_boxes": np.zeros((1, 0, 4), np.float32), "prune_thresholds": thresholds, "prune_min_kept": min_kept}
     feeds, decoded = [], {}
     for frame in frames:
         image, letterbox = preprocess(frame, backend.size)
-        feeds.append(({"images": image, **text, **empty}, letterbox))
+        feeds.append((decode_feed(backend, image, text), letterbox))
 
     def decode(t: int) -> tuple[dict, list[np.ndarray]]:
         if t not in decoded:
@@ -99,17 +95,24 @@ def clip_ious(backend, frames: list[np.ndarray], tracks: list[dict],
     return ious
 
 
+def decode_feed(backend, image: np.ndarray, text: dict) -> dict:
+    """The model's inputs for one letterboxed image: the prompts' text, no track queries and the
+    shipped preset's pruning."""
+    from perception_core import assets
+
+    thresholds, min_kept = model_pruning(assets.PRESET, backend.num_layers)
+    return {"images": image, **text, "track_queries": np.zeros((1, 0, backend.hidden_dim), np.float32),
+            "track_boxes": np.zeros((1, 0, 4), np.float32), "prune_thresholds": thresholds, "prune_min_kept": min_kept}
+
+
 def graph_costs(settings: Settings, backend, frame: np.ndarray, prompts: list[str], kernels: int = 3) -> dict:
     """Median ms of the model, the mask graph and the lateral graph on one frame (round-robin blocks)."""
-    from perception_core import assets
     from perception_core.runtime.preprocess import preprocess
     from perception_core.runtime.prompts import encode_prompts
 
     _, text = encode_prompts(prompts)
     image, _ = preprocess(frame, backend.size)
-    thresholds, min_kept = model_pruning(assets.PRESET, backend.num_layers)
-    feed = {"images": image, **text, "track_queries": np.zeros((1, 0, backend.hidden_dim), np.float32),
-            "track_boxes": np.zeros((1, 0, 4), np.float32), "prune_thresholds": thresholds, "prune_min_kept": min_kept}
+    feed = decode_feed(backend, image, text)
     out = backend.decode(feed)
     queries = np.random.default_rng(0).standard_normal((1, kernels, backend.hidden_dim)).astype(np.float32)
     timings = time_interleaved({"model": lambda: backend.decode(feed),
