@@ -50,6 +50,9 @@ class FrameCalibrationReader:
         return next(self._feeds, None)
 
 
+DYNAMIC_FILE = "dynamic.onnx"   # the int8 dynamic variant in a model's variants folder
+
+
 def preprocessed(source: Path, folder: Path) -> tuple[Path, bool]:
     """A copy of `source` ready for quantization: its stored value_info dropped (the dynamo exporter's
     shape annotations trip onnxruntime.quantization's strict shape inference: "Inferred shape and
@@ -119,7 +122,7 @@ def variants_folder(model_path: Path, cache: Path) -> Path:
 def dynamic_model(model_path: Path, cache: Path) -> Path:
     """The int8 dynamic variant of `model_path` (also timed beside the float model by perf_latency)."""
     folder = variants_folder(model_path, cache)
-    return quantize_dynamic_model(preprocessed(model_path, folder)[0], folder / "dynamic.onnx")
+    return quantize_dynamic_model(preprocessed(model_path, folder)[0], folder / DYNAMIC_FILE)
 
 
 def quantized_models(model_path: Path, cache: Path, calibration_frames: list[np.ndarray]) -> dict:
@@ -139,7 +142,7 @@ def quantized_models(model_path: Path, cache: Path, calibration_frames: list[np.
         return FrameCalibrationReader(calibration_frames, inputs[0].shape[2], text, inputs[4].shape[2],
                                       model_pruning(assets.PRESET, inputs[6].shape[0]))
     print("[bench] int8: quantizing (dynamic, static QDQ with calibration) ...", flush=True)
-    return {"float32": model_path, "int8 dynamic": dynamic_model(model_path, cache),
+    return {"float32": model_path, "int8 dynamic": quantize_dynamic_model(source, folder / DYNAMIC_FILE),
             "int8 static QDQ": quantize_static_model(source, folder / f"static_qdq_{calibrated}.onnx", reader()),
             "int8 static QDQ, Conv only": quantize_static_model(source, folder / f"static_qdq_conv_{calibrated}.onnx",
                                                                 reader(), ("Conv",)),

@@ -145,7 +145,7 @@ class FrameProcessor:
             self._pending = (names, text)
 
     def warm_up(self, runs: int = 2) -> float:
-        """Runs the model (and, with kernel reuse, its mask graph) on a blank frame with the current
+        """Runs the model (and, with kernel reuse, its mask or lateral graph) on a blank frame with the current
         prompts, so that the first camera frame does not pay for the runtime's first-run allocations.
         Tracks, keyframe and frame count are untouched. Returns the last run's ms."""
         size = self.backend.size
