@@ -24,7 +24,7 @@ from perf_common import (BLOCK, Section, Settings, cached_onnx, fmt_ms, goal, ma
 CONFIGS = ("mobius_mini_m", "glee_maskdino_mini_m", "glee_rtdetr_mini_m")
 SIZE = 384
 STAGES = ("preprocess", "inference", "postprocess", "tracking")
-SCHEDULES = {"1": (1, False), "3": (3, False), "3b": (3, True)}   # label: (kernel_reuse, reuse_bottleneck)
+SCHEDULE_LABELS = ("1", "3", "3b")   # `mobius bench --kernel-reuse` spellings: T, and Tb with bottleneck reuse
 CLIP_SEED = 11  # a 'normal' clip with 5 objects of 5 categories, used as the prompts
 
 
@@ -74,14 +74,16 @@ def model_only(settings: Settings, onnx_path, frame: np.ndarray, prompts: list[s
 
 def end_to_end(settings: Settings, model, frames: list[np.ndarray], prompts: list[str],
                threshold: float | None = None) -> dict[str, dict]:
-    """FrameProcessor over the clip, each of SCHEDULES in turn clip by clip; per-frame totals.
+    """FrameProcessor over the clip, each of SCHEDULE_LABELS in turn clip by clip; per-frame totals.
     `threshold`: score_threshold and tracker keep_score (None = the runtime's defaults)."""
+    from perception_core.bench_command import parse_reuse
     from perception_core.runtime.processor import FrameProcessor, ProcessorConfig
     from perception_core.runtime.tracker import TrackerConfig
 
     processors = {}
     extra = {} if threshold is None else {"score_threshold": threshold, "tracker": TrackerConfig(keep_score=threshold)}
-    for reuse, (interval, bottleneck) in SCHEDULES.items():
+    for reuse in SCHEDULE_LABELS:
+        interval, bottleneck = parse_reuse(reuse)
         config = ProcessorConfig(backend="onnx", model=str(model.onnx), preset=model.preset, threads=settings.threads,
                                  kernel_reuse=interval, reuse_bottleneck=bottleneck, size=SIZE, **extra)
         processors[reuse] = FrameProcessor(config, prompts)

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from perception_core.runtime.reuse_options import add_reuse_arguments, reuse_settings
+
 NODE_NAMESPACE = "demo"
 CAMERA_TOPIC = "/demo/camera/image_raw"
 
@@ -42,10 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # sit around 0.1-0.2 on objects it finds, below the node's default of 0.4 in config/segment.yaml.
     parser.add_argument("--score-threshold", type=float, default=0.1,
                         help="score threshold for the demo (default 0.1; the node's own default is in the YAML)")
-    parser.add_argument("--kernel-reuse", type=int, default=1, metavar="T",
-                        help="node parameter kernel_reuse: full decode every T frames (default 1)")
-    parser.add_argument("--reuse-bottleneck", action="store_true",
-                        help="node parameter reuse_bottleneck (with --kernel-reuse T >= 2)")
+    add_reuse_arguments(parser)         # the node parameters kernel_reuse and reuse_bottleneck
 
 
 def _model_overrides(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
@@ -240,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[ros-demo] prompts: the clip's objects {overrides['prompts']}", flush=True)
     overrides.setdefault("score_threshold", args.score_threshold)
     if args.kernel_reuse != 1 or args.reuse_bottleneck:
-        overrides.update(kernel_reuse=args.kernel_reuse, reuse_bottleneck=args.reuse_bottleneck)
+        overrides.update(reuse_settings(args))
     overrides.update(input_topic=CAMERA_TOPIC, autostart=False)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -301,8 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mobius-ros-demo", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.kernel_reuse < 1 or (args.reuse_bottleneck and args.kernel_reuse < 2):
-        parser.error(f"--kernel-reuse {args.kernel_reuse}: use T >= 1, and T >= 2 with --reuse-bottleneck")
+    from perception_core.runtime.processor import ProcessorConfig
+
+    try:  # the processor's own rule, before the node is built
+        ProcessorConfig(**reuse_settings(args))
+    except ValueError as error:
+        parser.error(f"--kernel-reuse / --reuse-bottleneck: {error}")
     return run(args)
 
 
