@@ -14,6 +14,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from .model.backbone_specs import VARIANTS
+from .model.prune_schedule import SCHEDULES
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # Model presets: the repository's config/models (editable installs, a checkout), then the copy that
 # setup.py installs into <prefix>/share/mobius_ros/config/models (pip and colcon installs).
@@ -85,12 +88,19 @@ class ModelConfig:
     def __post_init__(self) -> None:
         validate_model_config(self)
 
+    @property
+    def memory_levels(self) -> int:
+        """How many maps the transformer decoder attends to."""
+        if not self.decoder.multi_scale:
+            return 1
+        return 3 if self.pixel_decoder.type == "rtdetr" else 4
+
 
 _CHOICES = {
-    ("backbone", "variant"): ("conv_small", "conv_medium", "conv_large"),
+    ("backbone", "variant"): VARIANTS,
     ("pixel_decoder", "type"): ("bottleneck", "maskdino", "rtdetr"),
     ("pixel_decoder", "bottleneck_stride"): (8, 16, 32),
-    ("pruning", "schedule"): ("sigmoid", "exp", "log"),
+    ("pruning", "schedule"): SCHEDULES,
 }
 
 

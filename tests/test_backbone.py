@@ -256,6 +256,6 @@ def test_onnx_dynamo_export_matches_eager(tmp_path):
 @pytest.mark.parametrize("variant, width", [("conv_small", 0.5), ("conv_small", 1.0), ("conv_medium", 0.75),
                                             ("conv_large", 1.0)])
 def test_stage_channels_match_the_built_network(variant, width):
-    from perception_core.model.backbone import stage_channels
+    from perception_core.model.backbone_specs import stage_channels
 
     assert stage_channels(variant, width) == MobileNetV4(variant, width).out_channels

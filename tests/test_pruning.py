@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from perception_core.model.pruning import query_confidence, select_kept, threshold, thresholds
+from perception_core.model.prune_schedule import threshold, thresholds
+from perception_core.model.pruning import query_confidence, select_kept
 
 
 @pytest.mark.parametrize("layers", [6, 9])

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..model.pruning import thresholds
+from ..model.prune_schedule import thresholds
 from .data import file_digest
 from .decoder_flops import DecoderCost
 from .spec import PruningSetting

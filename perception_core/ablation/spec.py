@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..model.prune_schedule import SCHEDULES
+
 EXPERIMENTS = ("tab3", "tab14", "fig4")
-SCHEDULES = ("sigmoid", "exp", "log")
 PAPER_PRUNING = (0.05, 0.2)  # Tab. 14: sigmoid schedule, b_low 0.05, b_high 0.2
 
 

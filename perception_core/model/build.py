@@ -30,19 +30,12 @@ def build_pixel_decoder(cfg: ModelConfig):
     return RtDetrPixelDecoder(dim, pd.num_blocks, pd.heads, pd.ffn_dim, pd.text_fusion, multi_scale_memory=multi)
 
 
-def memory_levels(cfg: ModelConfig) -> int:
-    """How many maps the transformer decoder attends to."""
-    if not cfg.decoder.multi_scale:
-        return 1
-    return 3 if cfg.pixel_decoder.type == "rtdetr" else 4
-
-
 def build_model(cfg: ModelConfig) -> Mobius:
     dim = cfg.hidden_dim
     backbone = build_backbone(cfg.backbone.variant, cfg.backbone.width_multiplier, cfg.backbone.weights)
     classifier = ScaledCosineClassifier(dim, cfg.logit_scale_init, cfg.prior_prob)
     dec = cfg.decoder
-    decoder = TransformerDecoder(dim, dec.num_layers, dec.heads, dec.points, dec.ffn_dim, memory_levels(cfg),
+    decoder = TransformerDecoder(dim, dec.num_layers, dec.heads, dec.points, dec.ffn_dim, cfg.memory_levels,
                                  classifier)
     prune = PruneSettings.from_config(cfg.pruning, dec.num_layers) if cfg.pruning.enabled else None
     model = Mobius(

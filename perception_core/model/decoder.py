@@ -17,7 +17,8 @@ from .box_ops import inverse_sigmoid
 from .deform_attn import MSDeformAttn, ProjectedValues, project_many
 from .layers import FFN, MLP, MultiHeadAttention, box_position_embedding
 from .pixel_decoder_common import MaskFeatures
-from .pruning import query_confidence, select_kept, thresholds
+from .prune_schedule import thresholds
+from .pruning import query_confidence, select_kept
 from .query_selection import ScaledCosineClassifier
 
 

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .pixel_decoder_common import TextFusion

@@ -29,11 +29,10 @@ class DecoderShape:
 
     @staticmethod
     def from_config(cfg, size: int) -> "DecoderShape":
-        from ..model.backbone import stage_channels
-        from ..model.build import memory_levels
+        from ..model.backbone_specs import stage_channels
 
         stride = cfg.pixel_decoder.bottleneck_stride
-        levels = memory_levels(cfg)
+        levels = cfg.memory_levels
         tokens = sum((size // s) ** 2 for s in ((8, 16, 32, 64)[:levels] if levels > 1 else (stride,)))
         dec = cfg.decoder
         # the map each pixel decoder's MaskFeatureHead upsamples: B^ for ours, the stride-8 level for the baselines
