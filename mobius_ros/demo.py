@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from perception_core.runtime.reuse_options import add_reuse_arguments, reuse_settings
+from perception_core.runtime.stream_options import add_reuse_arguments, reuse_settings
 
 NODE_NAMESPACE = "demo"
 CAMERA_TOPIC = "/demo/camera/image_raw"

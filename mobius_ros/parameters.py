@@ -47,6 +47,9 @@ SPECS: dict[str, ParamSpec] = {
     "threads": ParamSpec("integer", "inference threads", 1, 64),
     "prompts": ParamSpec("string_array", "text prompts: what to segment, e.g. ['red star', 'person']; "
                                          "a change applies to the next frame", dynamic=True),
+    "prompt_embeddings": ParamSpec("string", "prompt embeddings file (.safetensors, written by 'mobius prompts'): "
+                                             "prompts found in it need no text model (torch); empty = only the "
+                                             "shipped defaults' embeddings"),
     "score_threshold": ParamSpec("double", "instances with a lower confidence are dropped", 0.0, 1.0),
     "prune_schedule": ParamSpec("string", "query pruning schedule (paper Eq. 5-8); empty = the model's own",
                                 choices=("", "sigmoid", "exp", "log")),
@@ -177,20 +180,26 @@ def check(name: str, value: Any) -> str | None:
 
 def validate_model_path(model_path: str, backend: str) -> str | None:
     """The model file as an absolute path (None = shipped default); FileNotFoundError/ValueError otherwise."""
-    if not model_path:
-        return None
-    if "\0" in model_path:
-        raise ValueError(f"model_path {model_path!r} contains a NUL byte; set it to a plain file path")
-    path = Path(model_path).expanduser()
     suffixes = (".onnx",) if backend == "onnx" else (".safetensors", ".pt", ".pth")
+    return _file_parameter("model_path", model_path, suffixes, f" for backend '{backend}'",
+                           "(or '' for the shipped model), or run 'mobius export'")
+
+
+def _file_parameter(name: str, value: str, suffixes: tuple[str, ...], context: str, remedy: str) -> str | None:
+    """Parameter `name` as an absolute path of an existing file ('' -> None); FileNotFoundError/ValueError."""
+    if not value:
+        return None
+    if "\0" in value:
+        raise ValueError(f"{name} {value!r} contains a NUL byte; set it to a plain file path")
+    path = Path(value).expanduser()
     if path.suffix not in suffixes:
-        raise ValueError(f"model_path '{model_path}' must end in {' or '.join(suffixes)} for backend '{backend}'")
+        raise ValueError(f"{name} '{value}' must end in {' or '.join(suffixes)}{context}")
     if path.exists() and not path.is_file():
         kind = "a directory" if path.is_dir() else "not a regular file (a device, pipe or socket)"
-        raise ValueError(f"model_path '{model_path}' is {kind}; set it to a {'/'.join(suffixes)} model file")
+        raise ValueError(f"{name} '{value}' is {kind}; set it to a {'/'.join(suffixes)} file")
     if not path.is_file():
-        raise FileNotFoundError(f"model file '{path}' not found; set parameter model_path to an existing "
-                                f"{'/'.join(suffixes)} file (or '' for the shipped model), or run 'mobius export'")
+        raise FileNotFoundError(f"{name} file '{path}' not found; set parameter {name} to an existing "
+                                f"{'/'.join(suffixes)} file {remedy}")
     return str(path.resolve())
 
 
@@ -221,4 +230,6 @@ def processor_config(values: dict[str, Any]) -> Any:
         reuse_bottleneck=bool(values["reuse_bottleneck"]),
         tracker=TrackerConfig(**tracker),
         size=int(values["input_size"]),
+        prompt_embeddings=_file_parameter("prompt_embeddings", values["prompt_embeddings"], (".safetensors",), "",
+                                          "(or '' for none), written by 'mobius prompts'"),
     )

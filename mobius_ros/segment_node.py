@@ -103,7 +103,7 @@ class SegmentNode(LifecycleNode):
                 continue
             reason = parameters.check(param.name, param.value)
             if param.name == "prompts" and isinstance(param.value, (list, tuple)):  # [] too: say it is empty
-                from perception_core.model.text_encoder import validate_prompts
+                from perception_core.model.prompt_io import validate_prompts
 
                 try:
                     validate_prompts(list(param.value))

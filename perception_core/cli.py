@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval-video": ("perception_core.evaluation.eval_video_command", "video AP, HOTA, IDF1, ID switches"),
     "demo": ("perception_core.demo", "end-to-end demo on a generated sample clip"),
     "infer": ("perception_core.infer", "segment and track a video, image folder or image; overlay + results json"),
+    "prompts": ("perception_core.runtime.prompts_command",
+                "encode prompts into a file the runtime reads without a text model (torch-free boards)"),
     "bench": ("perception_core.bench_command", "runtime latency per stage: onnxruntime vs torch, threads, kernel reuse"),
     "gst": ("perception_core.gst.command", "GStreamer pipeline: any source -> model -> overlay -> any sink"),
     "bag": ("perception_core.bag.command", "rosbag2 tools: record a sample clip, evaluate on a bag"),

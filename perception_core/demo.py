@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     from tqdm import tqdm
 
-    from .model.text_encoder import MiniLMTextEncoder, validate_prompts
+    from .model.prompt_io import validate_prompts
+    from .model.text_encoder import MiniLMTextEncoder
     from .runtime.onnx_engine import OnnxEngine
     from .runtime.overlay import draw
     from .runtime.postprocess import to_instances

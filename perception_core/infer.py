@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .runtime.reuse_options import add_reuse_arguments, reuse_settings
+from .runtime.stream_options import add_stream_arguments, stream_settings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -97,7 +97,7 @@ def stream_video(processor, frames: Iterable[np.ndarray], prompt_changes: Mappin
 
 
 def parse_prompts(text: str) -> list[str]:
-    from .model.text_encoder import validate_prompts
+    from .model.prompt_io import validate_prompts
 
     return validate_prompts([p for p in text.split(",")])
 
@@ -126,7 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=384, help="network input size (torch backend)")
     parser.add_argument("--threads", type=int, default=2, help="inference threads")
     parser.add_argument("--threshold", type=float, default=0.4, help="score threshold for new instances")
-    add_reuse_arguments(parser)
+    add_stream_arguments(parser)
     parser.add_argument("--out", help="overlay video (.mp4)")
     parser.add_argument("--json", help="YouTube-VIS results json")
     parser.add_argument("--data", help="COCO/YouTube-VIS json whose category ids the prompts map to")
@@ -143,7 +143,7 @@ def processor_config(args: argparse.Namespace):
         raise ValueError(f"--backend {backend} does not run {'--weights' if args.weights else '--onnx'}; "
                          f"use --onnx with onnx and --weights with torch")
     return ProcessorConfig(backend=backend, model=model, preset=args.config, threads=args.threads,
-                           score_threshold=args.threshold, size=args.size, **reuse_settings(args))
+                           score_threshold=args.threshold, size=args.size, **stream_settings(args))
 
 
 def run(args: argparse.Namespace) -> int:

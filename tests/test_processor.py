@@ -202,12 +202,13 @@ def test_default_prompts_come_from_the_shipped_embeddings(tmp_path, monkeypatch)
     stand_in = MiniLMTextEncoder().encode(["alpha", "beta", "gamma", "delta"])
     save_prompt_embeddings(tmp_path / "shipped.safetensors", list(assets.DEFAULT_PROMPTS), stand_in)
     monkeypatch.setattr(assets, "PROMPT_EMBEDDINGS", tmp_path / "shipped.safetensors")
-    monkeypatch.setattr(prompt_module, "_SHIPPED", None)
     names, text = prompt_module.encode_prompts(list(assets.DEFAULT_PROMPTS))
     assert names == list(assets.DEFAULT_PROMPTS)
     np.testing.assert_array_equal(text["text_pooled"], stand_in.pooled.numpy())
-    _, other = prompt_module.encode_prompts(list(assets.DEFAULT_PROMPTS[:2]))   # any other list: MiniLM
-    assert not np.allclose(other["text_pooled"], stand_in.pooled.numpy()[:2])
+    _, subset = prompt_module.encode_prompts([assets.DEFAULT_PROMPTS[2], assets.DEFAULT_PROMPTS[0]])  # rows too
+    np.testing.assert_array_equal(subset["text_pooled"], stand_in.pooled.numpy()[[2, 0]])
+    _, other = prompt_module.encode_prompts([assets.DEFAULT_PROMPTS[0], "purple cube"])   # one is new: MiniLM
+    assert not np.allclose(other["text_pooled"][0], stand_in.pooled.numpy()[0])
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])

@@ -18,7 +18,7 @@ from rclpy.parameter_client import AsyncParameterClient
 from test_ros_node import Rig, header, wait_until
 
 from mobius_ros.images import array_to_image
-from perception_core.model.text_encoder import MAX_PROMPT_CHARS, MAX_PROMPTS
+from perception_core.model.prompt_io import MAX_PROMPT_CHARS, MAX_PROMPTS
 from runtime_models import tiny_weights
 
 PROMPTS = ["red star", "blue circle"]

@@ -8,14 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from perception_core.model.prompt_io import MAX_PROMPTS, TEXT_DIM, validate_prompts
 from perception_core.model.text_encoder import (
-    MAX_PROMPTS,
-    TEXT_DIM,
     MiniLMTextEncoder,
     TextEmbeddings,
     load_prompt_embeddings,
     save_prompt_embeddings,
-    validate_prompts,
 )
 
 # First 6 dims of SentenceTransformer(all-MiniLM-L6-v2).encode(...), sentence-transformers 6.2.0.

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..runtime.reuse_options import add_reuse_arguments, reuse_settings
+from ..runtime.stream_options import add_stream_arguments, reuse_settings, stream_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--size", type=int, default=384, help="torch backend: network input side")
     evaluate.add_argument("--threads", type=int, default=2, help="inference threads")
     evaluate.add_argument("--threshold", type=float, default=0.4, help="score threshold")
-    add_reuse_arguments(evaluate)
+    add_stream_arguments(evaluate)
 
 
 def _make_sample(args: argparse.Namespace) -> int:
@@ -87,7 +87,7 @@ def _processor_config(args: argparse.Namespace):
 
     model = args.weights if args.backend == "torch" else args.onnx
     return ProcessorConfig(backend=args.backend, model=model, preset=args.preset, size=args.size,
-                           threads=args.threads, score_threshold=args.threshold, **reuse_settings(args))
+                           threads=args.threads, score_threshold=args.threshold, **stream_settings(args))
 
 
 def _eval(args: argparse.Namespace) -> int:

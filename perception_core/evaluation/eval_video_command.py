@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..runtime.reuse_options import add_reuse_arguments, reuse_settings
+from ..runtime.stream_options import add_stream_arguments, reuse_settings, stream_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=384, help="input size for the torch backend (default 384)")
     parser.add_argument("--prompts", help="comma-separated category names, or 'seen' (default: all categories)")
     parser.add_argument("--score-threshold", type=float, default=0.4, help="processor score threshold (default 0.4)")
-    add_reuse_arguments(parser)
+    add_stream_arguments(parser)
     parser.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
     parser.add_argument("--limit", type=int, help="run only the first N videos")
     parser.add_argument("--tracking-mode", choices=("per_category", "class_agnostic"), default="per_category")
@@ -66,7 +66,7 @@ def make_processor(args: argparse.Namespace, prompts: list[str]):
     backend = "torch" if args.weights else "onnx"
     preset = args.preset or assets.info().get("preset", assets.PRESET)
     config = ProcessorConfig(backend=backend, model=args.weights or args.onnx, preset=preset, threads=args.threads,
-                             score_threshold=args.score_threshold, size=args.size, **reuse_settings(args))
+                             score_threshold=args.score_threshold, size=args.size, **stream_settings(args))
     return FrameProcessor(config, prompts)
 
 

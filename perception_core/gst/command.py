@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.reuse_options import add_reuse_arguments, reuse_settings
+from ..runtime.stream_options import add_stream_arguments, stream_settings
 from .pipeline import PipelineConfig, PipelineError, PipelineStats, check_descriptions, run_pipeline
 from .sinks import default_output, file_sink
 
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=384, help="torch backend: network input side (multiple of 32)")
     parser.add_argument("--threads", type=int, default=2, help="inference threads")
     parser.add_argument("--threshold", type=float, default=0.4, help="score threshold")
-    add_reuse_arguments(parser)
+    add_stream_arguments(parser)
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
     parser.add_argument("--live", choices=("auto", "yes", "no"), default="auto",
                         help="drop stale frames (yes) or read every frame (no); auto asks the source")
@@ -115,7 +115,7 @@ def _processor(args: argparse.Namespace, prompts: list[str]):
     model = args.weights if args.backend == "torch" else args.onnx
     processor = FrameProcessor(ProcessorConfig(backend=args.backend, model=model, threads=args.threads,
                                                score_threshold=args.threshold, size=args.size, preset=args.preset,
-                                               **reuse_settings(args)), prompts)
+                                               **stream_settings(args)), prompts)
     processor.warm_up()                 # before the pipeline plays: a live source's first frame is not late
     return processor
 

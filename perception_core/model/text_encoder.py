@@ -18,10 +18,8 @@ Conventions:
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
-import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-TEXT_DIM = 384  # hidden size of MiniLM-L6-H384
-MAX_PROMPTS = 256  # per encode() call; more is almost certainly a bug upstream
-MAX_PROMPT_CHARS = 512  # prompts are class names or short phrases, not documents
+from .prompt_io import TEXT_DIM, read_prompt_embeddings, validate_prompts, write_prompt_embeddings
+
 MODEL_MAX_TOKENS = 512  # position embeddings of the BERT backbone
 
-ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-_FILE_FORMAT = "mobius.prompt_embeddings.v1"
 _REQUIRED_MODEL_FILES = ("config.json", "tokenizer.json", "model.safetensors")
 
 
@@ -77,53 +72,6 @@ class TextEmbeddings:
 
     def to(self, device: str | torch.device) -> "TextEmbeddings":
         return TextEmbeddings(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
-
-
-def validate_prompts(prompts: Sequence[str]) -> list[str]:
-    """Return the prompts stripped of surrounding whitespace, or raise ValueError saying why not."""
-    if isinstance(prompts, str):
-        raise ValueError(f"prompts must be a list of str, got a single str; wrap it: [{prompts!r}]")
-    if not isinstance(prompts, (list, tuple)):
-        raise ValueError(f"prompts must be a list or tuple of str, got {type(prompts).__name__}")
-    if len(prompts) == 0:
-        raise ValueError("prompts is empty; give at least one prompt, e.g. ['person']")
-    if len(prompts) > MAX_PROMPTS:
-        raise ValueError(
-            f"got {len(prompts)} prompts; at most {MAX_PROMPTS} are allowed per call, split them"
-        )
-    stripped = []
-    for index, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise ValueError(
-                f"prompt {index} is {type(prompt).__name__} ({prompt!r}), expected str"
-            )
-        prompt = prompt.strip()
-        if not prompt:
-            raise ValueError(
-                f"prompt {index} is empty or whitespace-only; remove it or name a class"
-            )
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(
-                f"prompt {index} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are "
-                f"allowed (prompts are short phrases such as 'red star')"
-            )
-        _check_characters(index, prompt)
-        stripped.append(prompt)
-    return stripped
-
-
-def _check_characters(index: int, prompt: str) -> None:
-    """ValueError for text the tokenizer cannot take or that reads as nothing: lone surrogates
-    (not encodable as UTF-8), control characters (NUL, newline, ...), only invisible characters."""
-    categories = [unicodedata.category(char) for char in prompt]
-    for char, category in zip(prompt, categories):
-        if category in ("Cs", "Cc"):
-            what = "a lone surrogate (not valid Unicode text)" if category == "Cs" else "a control character"
-            raise ValueError(f"prompt {index} contains {what} U+{ord(char):04X}; prompts are one line of "
-                             f"plain text such as 'red star'")
-    if all(category[0] in "CZ" for category in categories):
-        raise ValueError(f"prompt {index} has no visible characters (only format or space characters); "
-                         f"remove it or name a class")
 
 
 def bundled_model_dir() -> Path:
@@ -252,60 +200,11 @@ def save_prompt_embeddings(
     path: str | os.PathLike, prompts: Sequence[str], embeddings: TextEmbeddings
 ) -> None:
     """Write a safetensors file: tensors tokens/mask/pooled, prompts as JSON in the metadata."""
-    from safetensors.torch import save_file
-
-    prompts = validate_prompts(prompts)
-    if len(prompts) != len(embeddings):
-        raise ValueError(
-            f"{len(prompts)} prompts but {len(embeddings)} embeddings; they must match"
-        )
-    tensors = {
-        "tokens": embeddings.tokens.detach().cpu().contiguous(),
-        "mask": embeddings.mask.detach().cpu().contiguous(),
-        "pooled": embeddings.pooled.detach().cpu().contiguous(),
-    }
-    metadata = {
-        "format": _FILE_FORMAT,
-        "encoder": ENCODER_NAME,
-        "prompts": json.dumps(prompts, ensure_ascii=False),
-    }
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, path)  # readers never see a half-written file
+    write_prompt_embeddings(path, prompts, {name: getattr(embeddings, name).detach().cpu().numpy()
+                                            for name in ("tokens", "mask", "pooled")})
 
 
 def load_prompt_embeddings(path: str | os.PathLike) -> tuple[list[str], TextEmbeddings]:
     """Read a file written by ``save_prompt_embeddings``; tensors are returned on the CPU."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"prompt embeddings file '{path}' not found; write it with save_prompt_embeddings()"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-            tensors = {name: file.get_tensor(name) for name in file.keys()}
-    except SafetensorError as error:
-        raise ValueError(f"'{path}' is not a readable safetensors file ({error})") from error
-    if metadata.get("format") != _FILE_FORMAT:
-        raise ValueError(
-            f"'{path}' is not a prompt embeddings file (format {metadata.get('format')!r}, "
-            f"expected {_FILE_FORMAT!r}); write it with save_prompt_embeddings()"
-        )
-    missing = {"tokens", "mask", "pooled"} - set(tensors)
-    if missing:
-        raise ValueError(f"'{path}' lacks tensors {sorted(missing)}")
-    try:
-        prompts = validate_prompts(json.loads(metadata.get("prompts", "")))
-        embeddings = TextEmbeddings(tensors["tokens"], tensors["mask"], tensors["pooled"])
-    except ValueError as error:  # json.JSONDecodeError is a ValueError too
-        raise ValueError(f"'{path}' is corrupt: {error}") from error
-    if len(prompts) != len(embeddings) or not bool(embeddings.mask.any(dim=1).all()):
-        raise ValueError(
-            f"'{path}' is corrupt: {len(prompts)} prompts for {len(embeddings)} embeddings, "
-            "or a prompt without any valid token"
-        )
-    return prompts, embeddings
+    prompts, arrays = read_prompt_embeddings(path)
+    return prompts, TextEmbeddings(*(torch.from_numpy(arrays[name]) for name in ("tokens", "mask", "pooled")))

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..model.prune_schedule import SCHEDULES
 from .backends import make_backend
 from .decoder_cost import DecoderShape, decoder_gflops, mask_flops
 from .motion import align, mask_centroids
@@ -48,6 +49,7 @@ class ProcessorConfig:
     reuse_bottleneck: bool = False   # between keyframes also reuse the keyframe's coarse mask features (T >= 2)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)  # from runtime/tracker.py
     size: int = 384                  # network input side for the torch backend (an ONNX graph fixes its own)
+    prompt_embeddings: str | None = None  # prompt embeddings file ('mobius prompts') to take prompts from first
 
     def __post_init__(self) -> None:
         if self.backend not in ("onnx", "torch"):
@@ -56,8 +58,8 @@ class ProcessorConfig:
             raise ValueError(f"threads={self.threads} must be >= 1")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold={self.score_threshold} must be in [0, 1]")
-        if self.prune_schedule not in (None, "sigmoid", "exp", "log"):
-            raise ValueError(f"prune_schedule={self.prune_schedule!r}; choose 'sigmoid', 'exp' or 'log' (or None)")
+        if self.prune_schedule is not None and self.prune_schedule not in SCHEDULES:
+            raise ValueError(f"prune_schedule={self.prune_schedule!r}; choose one of {SCHEDULES} (or None)")
         if self.prune_bounds is not None and (len(self.prune_bounds) != 2
                                               or not 0.0 <= self.prune_bounds[0] <= self.prune_bounds[1] <= 1.0):
             raise ValueError(f"prune_bounds={self.prune_bounds} must be (b_low, b_high) with 0 <= b_low <= b_high <= 1")
@@ -140,7 +142,7 @@ class FrameProcessor:
 
     def set_prompts(self, prompts: Sequence[str]) -> None:
         """Validates (ValueError) and encodes the prompts now; they apply from the next process()."""
-        names, text = encode_prompts(prompts, self._max_tokens)
+        names, text = encode_prompts(prompts, self._max_tokens, self.config.prompt_embeddings)
         with self._lock:
             self._pending = (names, text)
 
@@ -321,7 +323,7 @@ def _prune_inputs(config: ProcessorConfig, backend) -> dict[str, np.ndarray]:
     layers = backend.num_layers
     if not (pruning.enabled or overridden):
         return {"prune_thresholds": np.zeros(layers, np.float32), "prune_min_kept": np.array(0, np.int64)}
-    from ..model.pruning import thresholds
+    from ..model.prune_schedule import thresholds
 
     low, high = config.prune_bounds if config.prune_bounds is not None else (pruning.b_low, pruning.b_high)
     taus = thresholds(layers, config.prune_schedule or pruning.schedule, low, high, pruning.beta, pruning.alpha)

@@ -1,5 +1,5 @@
-"""Command-line options for decoding between keyframes, shared by every front end that runs a
-FrameProcessor over a stream (`mobius infer`, `eval-video`, `gst`, `bag eval`)."""
+"""Command-line options shared by every front end that runs a FrameProcessor over a stream (`mobius infer`,
+`eval-video`, `gst`, `bag eval`); the ROS demo takes the reuse options alone (the node has parameters)."""
 from __future__ import annotations
 
 import argparse
@@ -17,3 +17,15 @@ def add_reuse_arguments(parser: argparse.ArgumentParser) -> None:
 def reuse_settings(args: argparse.Namespace) -> dict:
     """ProcessorConfig keyword arguments of the options above (ProcessorConfig validates them)."""
     return {"kernel_reuse": args.kernel_reuse, "reuse_bottleneck": args.reuse_bottleneck}
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    add_reuse_arguments(parser)
+    parser.add_argument("--prompt-embeddings", metavar="FILE",
+                        help="prompt embeddings file written by 'mobius prompts': prompts found in it need no text "
+                             "model (torch) here; the shipped defaults need none either")
+
+
+def stream_settings(args: argparse.Namespace) -> dict:
+    """ProcessorConfig keyword arguments of add_stream_arguments."""
+    return {**reuse_settings(args), "prompt_embeddings": args.prompt_embeddings}
