@@ -170,7 +170,7 @@ def mask_ap(path: Path, annotations: Path, limit: int, threads: int) -> dict:
     from perception_core import assets
     from perception_core.evaluation.eval_command import default_image_root, score
     from perception_core.evaluation.predict import ModelRunner, predict_coco
-    from perception_core.training.datasets import read_annotation_file
+    from perception_core.training.annotations import read_annotation_file
 
     data = read_annotation_file(annotations)
     categories = sorted(data["categories"], key=lambda c: int(c["id"]))

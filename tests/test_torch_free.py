@@ -1,7 +1,7 @@
-"""The onnxruntime path without torch, as `pip install .` promises (README, setup.py): `mobius infer` and
-the ROS node run in an interpreter where torch / transformers / onnx cannot be imported
-(tests/without_torch.py), give the same results as the full install, and take new prompts from a
-prompt embeddings file written by `mobius prompts`."""
+"""The onnxruntime path without torch, as `pip install .` promises (README, setup.py): `mobius infer`,
+`bag eval`, `gst` and the ROS node run in an interpreter where torch / transformers / onnx cannot be
+imported (tests/without_torch.py), give the same results as the full install, and take new prompts
+from a prompt embeddings file written by `mobius prompts`."""
 from __future__ import annotations
 
 import json
@@ -81,6 +81,33 @@ def test_prompt_file_serves_new_prompts_without_torch(clip, tmp_path, prompt_fil
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "mobius prompts" in missing.stderr and "text encoder" in missing.stderr
     assert not (tmp_path / "missing.json").exists()
+
+
+@pytest.mark.ros
+def test_bag_eval_without_torch_matches_the_full_install(tmp_path, prompt_file):
+    """A real rosbag2 file (db3) read, segmented and scored with trackeval, where torch cannot be imported."""
+    bag = tmp_path / "sample"
+    assert mobius(["bag", "make-sample", "--out", str(bag), "--frames", "5", "--seed", "3", "--size", "96", "128",
+                   "--difficulty", "easy"]) == 0
+    args = ["bag", "eval", str(bag), "--prompts", "yellow ring", "magenta hexagon", "--prompt-embeddings",
+            str(prompt_file), "--threads", "1", "--threshold", "0.1"]
+    result = run_without_torch("perception_core.cli", *args, "--out", str(tmp_path / "free"))
+    assert result.returncode == 0, result.stderr
+    assert mobius([*args, "--out", str(tmp_path / "full")]) == 0
+    free, full = (json.loads((tmp_path / f"{name}_results.json").read_text()) for name in ("free", "full"))
+    assert free == full and len(free) > 0
+    metrics = json.loads((tmp_path / "free_metrics.json").read_text())
+    assert metrics["frames"] == 5 and not metrics["skipped"] and metrics["metrics"]["tracking"]["HOTA"] > 0.5
+
+
+def test_gst_pipeline_without_torch(tmp_path):
+    """A real GStreamer pipeline (videotestsrc -> model -> fakesink) where torch cannot be imported."""
+    pytest.importorskip("gi")
+    out = tmp_path / "results.json"
+    result = run_without_torch("perception_core.cli", "gst", "videotestsrc", "--sink", "fakesink", "--max-frames",
+                               "3", "--prompts", "yellow star", "--threads", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["frames"] == 3
 
 
 @pytest.mark.ros

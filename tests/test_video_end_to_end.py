@@ -16,7 +16,7 @@ from perception_core.model.build import build_model, save_weights
 from perception_core.runtime.processor import FrameProcessor, ProcessorConfig
 from perception_core.runtime.ytvis_results import to_ytvis_results
 from perception_core.training import engine
-from perception_core.training.datasets import read_image
+from perception_core.training.annotations import read_image
 from perception_core.training.recipe import ModelSection
 from perception_core.training.synth.config import make_config
 from perception_core.training.synth.writer import write_split

@@ -47,7 +47,7 @@ class TestSet:
 
 def load_test_set(annotations: Path, images_dir: Path, prompt_names: Sequence[str], text) -> TestSet:
     """Reads the test json and its images; prompt_names must be categories of the json."""
-    from ..training.datasets import check_image_files, read_annotation_file, read_image
+    from ..training.annotations import check_image_files, read_annotation_file, read_image
     from .spec import AblationError
 
     data = read_annotation_file(annotations)

@@ -79,7 +79,7 @@ def expected_calibration_error(confidences: np.ndarray, ious: np.ndarray, bins: 
 
 def _ground_truth_by_image(ground_truth: dict, iou_kind: str) -> dict[int, tuple[np.ndarray, list]]:
     """image id -> (category ids (m,), m gt regions as RLEs (mask) or xywh boxes (box)); crowd skipped."""
-    from ..training.datasets import to_rle
+    from ..training.annotations import to_rle
 
     size = {int(image["id"]): (int(image["height"]), int(image["width"])) for image in ground_truth["images"]}
     grouped: dict[int, tuple[list, list]] = {}

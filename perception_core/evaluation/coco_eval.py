@@ -64,7 +64,7 @@ def load_ground_truth(ground_truth: str | os.PathLike | dict) -> dict:
     """COCO instances json (path or parsed dict) -> a dict pycocotools can evaluate: every
     annotation gets an id, iscrowd and area when the file lacks them. The input is not modified."""
     if isinstance(ground_truth, (str, os.PathLike)):
-        from ..training.datasets import annotation_format, read_annotation_file
+        from ..training.annotations import annotation_format, read_annotation_file
 
         path = Path(ground_truth)
         data = read_annotation_file(path)  # DatasetError with a clear message
@@ -91,7 +91,7 @@ def load_ground_truth(ground_truth: str | os.PathLike | dict) -> dict:
 def _area(annotation: dict, size: tuple[int, int] | None) -> float:
     segmentation = annotation.get("segmentation")
     if segmentation is not None and size is not None:
-        from ..training.datasets import to_rle
+        from ..training.annotations import to_rle
 
         return float(mask_utils.area(to_rle(segmentation, *size)))
     x, y, w, h = annotation["bbox"]

@@ -63,7 +63,7 @@ def default_image_root(annotation_file: str | Path) -> Path:
 
 def choose_categories(data: dict, prompts: str | None) -> list[dict]:
     """Category records to prompt with (ordered by id); ValueError for unknown names."""
-    from ..training.datasets import restrict_categories
+    from ..training.annotations import restrict_categories
 
     records = sorted(data["categories"], key=lambda c: int(c["id"]))
     if not prompts:
@@ -176,7 +176,7 @@ def build_runner(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.datasets import annotation_format, check_image_files, read_annotation_file
+    from ..training.annotations import annotation_format, check_image_files, read_annotation_file
     from .detections import coco_results
     from .predict import predict_coco
     from .record import is_shipped_model

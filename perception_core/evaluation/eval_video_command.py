@@ -76,7 +76,7 @@ def run_videos(processor, data: dict, frame_root: Path, label_to_category: dict[
     from tqdm import tqdm
 
     from ..runtime.ytvis_results import YtvisResults
-    from ..training.datasets import read_image
+    from ..training.annotations import read_image
 
     videos = data["videos"][:limit] if limit else data["videos"]
     results, per_frame_ms = [], []
@@ -116,7 +116,7 @@ def format_table(metrics: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.datasets import check_image_files
+    from ..training.annotations import check_image_files
     from .eval_command import choose_categories
     from .record import is_shipped_model
     from .video_eval import evaluate_video, load_ground_truth, load_results

@@ -182,7 +182,7 @@ def predict_coco(runner: ModelRunner, data: dict, image_root: str | os.PathLike,
     (images, mean kept queries per decoder layer)."""
     from tqdm import tqdm
 
-    from ..training.datasets import check_image_files, read_image
+    from ..training.annotations import check_image_files, read_image
 
     if len(prompts) != len(category_ids) or not prompts:
         raise ValueError(f"{len(prompts)} prompts for {len(category_ids)} category ids; give one prompt per category")

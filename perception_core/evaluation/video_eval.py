@@ -24,7 +24,7 @@ from .video_ap import Tube, video_ap
 
 def load_ground_truth(ground_truth: str | os.PathLike | dict) -> dict:
     """Parsed YouTube-VIS json (DatasetError/ValueError with a clear message)."""
-    from ..training.datasets import annotation_format, read_annotation_file
+    from ..training.annotations import annotation_format, read_annotation_file
 
     data = read_annotation_file(ground_truth) if isinstance(ground_truth, (str, os.PathLike)) else ground_truth
     if not isinstance(data, dict) or annotation_format(data) != "ytvis":
@@ -43,7 +43,7 @@ def video_lengths(data: dict) -> dict[int, tuple[int, int, int]]:
 
 def truth_tubes(data: dict) -> list[Tube]:
     """Ground-truth tubes in annotation order (segmentations converted to compressed RLE)."""
-    from ..training.datasets import to_rle
+    from ..training.annotations import to_rle
 
     sizes = video_lengths(data)
     tubes = []

@@ -65,7 +65,7 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
 
 def _category_names(annotation_file: str, policy: str | None) -> list[str]:
     """The prompt list the model was trained with (same policy as training), or [] if unreadable."""
-    from .datasets import read_annotation_file, restrict_categories
+    from .annotations import read_annotation_file, restrict_categories
 
     try:
         data = read_annotation_file(annotation_file)
