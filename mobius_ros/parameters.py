@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from perception_core.model.prune_schedule import SCHEDULES
+
 CONFIG_NAME = "segment.yaml"
 NODE_NAME = "mobius_segmenter"
 QOS_CHOICES = ("best_effort", "reliable")
@@ -52,7 +54,7 @@ SPECS: dict[str, ParamSpec] = {
                                              "shipped defaults' embeddings"),
     "score_threshold": ParamSpec("double", "instances with a lower confidence are dropped", 0.0, 1.0),
     "prune_schedule": ParamSpec("string", "query pruning schedule (paper Eq. 5-8); empty = the model's own",
-                                choices=("", "sigmoid", "exp", "log")),
+                                choices=("", *SCHEDULES)),
     "prune_bound_low": ParamSpec("double", "pruning threshold b_low; negative = the model's own (set both "
                                            "bounds or neither)", -1.0, 1.0),
     "prune_bound_high": ParamSpec("double", "pruning threshold b_high; negative = the model's own", -1.0, 1.0),

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..model.prune_schedule import SCHEDULES
+from ..model.prune_schedule import SCHEDULES, thresholds
 from .backends import make_backend
 from .decoder_cost import DecoderShape, decoder_gflops, mask_flops
 from .motion import align, mask_centroids
@@ -323,8 +323,6 @@ def _prune_inputs(config: ProcessorConfig, backend) -> dict[str, np.ndarray]:
     layers = backend.num_layers
     if not (pruning.enabled or overridden):
         return {"prune_thresholds": np.zeros(layers, np.float32), "prune_min_kept": np.array(0, np.int64)}
-    from ..model.prune_schedule import thresholds
-
     low, high = config.prune_bounds if config.prune_bounds is not None else (pruning.b_low, pruning.b_high)
     taus = thresholds(layers, config.prune_schedule or pruning.schedule, low, high, pruning.beta, pruning.alpha)
     min_kept = pruning.min_kept if config.prune_min_kept is None else config.prune_min_kept
