@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .backbone_specs import _SPECS, VARIANTS, BlockSpec, make_divisible
+from .backbone_specs import SPECS, VARIANTS, BlockSpec, make_divisible
 
 
 class ConvNormAct(nn.Module):
@@ -134,14 +134,14 @@ class MobileNetV4(nn.Module):
 
     def __init__(self, variant: str = "conv_small", width_multiplier: float = 1.0):
         super().__init__()
-        if variant not in _SPECS:
+        if variant not in SPECS:
             raise ValueError(f"unknown MobileNetV4 variant {variant!r}; "
                              f"valid choices: {', '.join(VARIANTS)}")
         if not (isinstance(width_multiplier, (int, float)) and math.isfinite(width_multiplier)
                 and width_multiplier > 0):
             raise ValueError(f"width_multiplier must be a positive finite number, "
                              f"got {width_multiplier!r}; use 1.0 for the paper's widths")
-        spec = _SPECS[variant]
+        spec = SPECS[variant]
         self.variant = variant
         self.width_multiplier = float(width_multiplier)
 

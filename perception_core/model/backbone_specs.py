@@ -52,7 +52,7 @@ def _uib(start: int, middle: int, stride: int, channels: int, expansion: float,
     return (block,) * repeat
 
 
-_SPECS: dict[str, VariantSpec] = {
+SPECS: dict[str, VariantSpec] = {
     "conv_small": VariantSpec(32, (
         (*_conv(3, 2, 32), *_conv(1, 1, 32)),
         (*_conv(3, 2, 96), *_conv(1, 1, 64)),
@@ -84,5 +84,5 @@ _SPECS: dict[str, VariantSpec] = {
 
 def stage_channels(variant: str, width_multiplier: float = 1.0) -> tuple[int, int, int, int]:
     """Output channels of S2..S5 for a variant and width, without building the network."""
-    spec = _SPECS[variant]
+    spec = SPECS[variant]
     return tuple(make_divisible(stage[-1].out_channels * width_multiplier) for stage in spec.stages)

@@ -106,14 +106,20 @@ def write_prompt_embeddings(path: str | os.PathLike, prompts: Sequence[str], arr
     os.replace(partial, path)
 
 
+def existing_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path, or FileNotFoundError saying how to write a prompt embeddings file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt embeddings file '{path}' not found; write one with 'mobius prompts'")
+    return path
+
+
 def read_prompt_embeddings(path: str | os.PathLike) -> tuple[list[str], dict[str, np.ndarray]]:
     """(prompts, {tokens, mask, pooled}) from a file written by write_prompt_embeddings; ValueError or
     FileNotFoundError saying what is wrong with it."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt embeddings file '{path}' not found; write one with 'mobius prompts'")
+    path = existing_file(path)
     try:
         with safe_open(str(path), framework="numpy") as file:
             metadata = file.metadata() or {}

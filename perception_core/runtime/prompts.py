@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..model.prompt_io import read_prompt_embeddings, validate_prompts
+from ..model.prompt_io import existing_file, read_prompt_embeddings, validate_prompts
 
 _ENCODERS: dict[int, object] = {}
 _LOCK = threading.Lock()
@@ -37,9 +37,7 @@ def _encoder(max_tokens: int):
 
 def _file(path: Path) -> tuple[dict[str, int], dict[str, np.ndarray]]:
     """(row of each prompt, arrays) of a prompt embeddings file, read again only when it changed."""
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt embeddings file '{path}' not found; write one with 'mobius prompts'")
-    stat = path.stat()
+    stat = existing_file(path).stat()
     key, stamp = str(path.resolve()), (stat.st_mtime_ns, stat.st_size)
     with _LOCK:
         if key not in _FILES or _FILES[key][0] != stamp:
