@@ -86,3 +86,36 @@ def test_module_matches_deformable_detr_formulation_float64(levels):
             channels_first = attn(query, ref, value.transpose(1, 2), shapes, channels_first=True)
         torch.testing.assert_close(tokens, expected, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(channels_first, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_sample_first_equals_projecting_the_memory_first_float64():
+    """Sampling the memory with a channel of ones and projecting the samples (the deployed decoder's
+    form) is Deformable-DETR's attention on value_proj(memory + e), also for boxes reaching past the
+    map, where some taps read the zero padding and the bias must shrink with them."""
+    from perception_core.model.deform_attn import memory_for_sampling
+
+    torch.manual_seed(1)
+    shape = (5, 7)
+    attentions = [MSDeformAttn(dim=16, levels=1, heads=4, points=3).double() for _ in range(2)]
+    for attn in attentions:
+        for parameter in attn.parameters():
+            torch.nn.init.normal_(parameter, std=0.5)
+    memory = torch.randn(2, 16, *shape, dtype=torch.float64)
+    embedding = torch.randn(16, 1, dtype=torch.float64)
+    query = torch.randn(2, 6, 16, dtype=torch.float64)
+    boxes = torch.rand(2, 6, 4, dtype=torch.float64) * 1.2 - 0.1    # centres outside [0, 1] too
+    boxes[..., 2:] = boxes[..., 2:].abs() + 0.3
+    sampled = memory_for_sampling(attentions, memory, embedding)
+    assert sampled[0].maps.shape == (2, 17, *shape) and sampled[0].maps is sampled[1].maps
+    tokens = (memory.flatten(2) + embedding).transpose(1, 2)
+    with torch.no_grad():
+        for attn, own in zip(attentions, sampled):
+            expected = _reference_module(attn, query, boxes[:, :, None], tokens, [shape])
+            torch.testing.assert_close(attn.sample_first(query, boxes, own), expected, rtol=1e-10, atol=1e-10)
+            # some taps read the zero padding: the bias's weight (the sampled ones channel) is below 1
+            grids = attn._box_grids(query, boxes[:, :, None]).reshape(2, attn.heads, -1, 2)
+            mass = torch.nn.functional.grid_sample(torch.ones(2, 1, *shape, dtype=torch.float64), grids,
+                                                   align_corners=False)
+            assert mass.min() < 0.5 and mass.max() > 1 - 1e-9
+    with pytest.raises(ValueError, match="one memory level"):
+        MSDeformAttn(dim=16, levels=2, heads=4, points=3).sample_first(query.float(), boxes.float(), sampled[0])

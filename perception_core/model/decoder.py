@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .box_ops import inverse_sigmoid
-from .deform_attn import MSDeformAttn, ProjectedValues, project_many
+from .deform_attn import MSDeformAttn, ProjectedValues, SampledMemory, memory_for_sampling, project_many
 from .layers import FFN, MLP, MultiHeadAttention, box_position_embedding
 from .pixel_decoder_common import MaskFeatures
 from .prune_schedule import thresholds
@@ -45,14 +45,20 @@ class DecoderLayer(nn.Module):
         self.ffn = FFN(dim, ffn_dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, tgt: Tensor, query_pos: Tensor, ref_boxes: Tensor, memory: Tensor | ProjectedValues,
-                shapes: list[tuple[int, int]], attn_mask: Tensor | None) -> Tensor:
-        """tgt, query_pos: (B, N, C); ref_boxes: (B, N, 4) cxcywh; memory: (B, C, S) channels first, or
-        already through cross_attn.value_proj (deform_attn.project_many)."""
+    def forward(self, tgt: Tensor, query_pos: Tensor, ref_boxes: Tensor,
+                memory: Tensor | ProjectedValues | SampledMemory, shapes: list[tuple[int, int]],
+                attn_mask: Tensor | None) -> Tensor:
+        """tgt, query_pos: (B, N, C); ref_boxes: (B, N, 4) cxcywh; memory: (B, C, S) channels first,
+        already through cross_attn.value_proj (deform_attn.project_many), or one level to sample before
+        the projection (deform_attn.memory_for_sampling)."""
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.self_attn(q, q, tgt, attn_mask=attn_mask))
-        ref = ref_boxes[:, :, None, :].expand(-1, -1, len(shapes), -1)            # (B, N, L, 4)
-        tgt = self.norm2(tgt + self.cross_attn(tgt + query_pos, ref, memory, shapes, channels_first=True))
+        if isinstance(memory, SampledMemory):
+            cross = self.cross_attn.sample_first(tgt + query_pos, ref_boxes, memory)
+        else:
+            ref = ref_boxes[:, :, None, :].expand(-1, -1, len(shapes), -1)        # (B, N, L, 4)
+            cross = self.cross_attn(tgt + query_pos, ref, memory, shapes, channels_first=True)
+        tgt = self.norm2(tgt + cross)
         return self.norm3(tgt + self.ffn(tgt))
 
 
@@ -89,10 +95,15 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, queries: Tensor, boxes: Tensor, memory: list[Tensor], mask_features: Tensor | MaskFeatures,
                 prompts: Tensor, attn_mask: Tensor | None = None, prune: PruneSettings | None = None,
-                all_layer_masks: bool = True) -> dict:
+                all_layer_masks: bool = True, sample_first: bool = False) -> dict:
         """
         queries: (B, N, C) initial content; boxes: (B, N, 4) initial reference boxes cxcywh in [0, 1];
         memory: [(B, C, h, w)] maps to attend to; prompts: (P, C) z_text; attn_mask: (N, N) bool.
+        sample_first: with a single memory map, the layers after the first (those pruning thins out)
+        sample the memory and then project the samples (MSDeformAttn.sample_first: the same result,
+        and the value projection's cost follows the kept queries instead of the memory size); the
+        first layer, which all K queries enter, and every layer otherwise project the whole memory
+        first, as in Deformable-DETR / MaskDINO (docs/MODEL.md has the costs).
         Returns a dict with per-layer lists `logits`, `boxes`, `masks` (None where not computed),
         the final `hidden` (B, N', C), `kept_indices` (N',) into the initial queries and
         `kept_per_layer` (L,) int64 (queries entering each layer).
@@ -100,10 +111,13 @@ class TransformerDecoder(nn.Module):
         if all_layer_masks and isinstance(mask_features, MaskFeatures):
             mask_features = mask_features.dense()   # read by every layer: form M once
         shapes = [(int(m.shape[-2]), int(m.shape[-1])) for m in memory]
-        flat = torch.cat([m.flatten(2) for m in memory], dim=2)                    # (B, C, S)
-        # every layer reads flat + level embedding (folded into each projection's bias in the export)
-        values = project_many([layer.cross_attn for layer in self.layers], flat,
-                              self._level_embedding(shapes).transpose(0, 1))
+        attentions = [layer.cross_attn for layer in self.layers]
+        embedding = self._level_embedding(shapes).transpose(0, 1)                 # (C, S), or (C, 1)
+        projected = 1 if sample_first and len(memory) == 1 else len(attentions)
+        # flat + level embedding (the embedding folded into each projection's bias in the export)
+        values = project_many(attentions[:projected], torch.cat([m.flatten(2) for m in memory], dim=2), embedding)
+        if projected < len(attentions):
+            values += memory_for_sampling(attentions[projected:], memory[0], embedding)
         tgt, ref = queries, boxes
         kept = torch.arange(queries.shape[1], device=queries.device)
         out = {"logits": [], "boxes": [], "masks": [], "kept_per_layer": []}

@@ -228,14 +228,48 @@ class MSDeformAttn(nn.Module):
             grids = _per_head(query, self.sampling_offsets, heads, scale, base)
             grids = grids.view(batch, heads, queries, levels, points, 2)
         elif reference_points.shape[-1] == 4:
-            # grid = 2 * (centre + offset / P * half size) - 1
-            offsets = _per_head(query, self.sampling_offsets, heads).view(batch, heads, queries, levels, points, 2)
-            base = (2 * reference_points[..., :2] - 1)[:, None, :, :, None]          # (B, 1, Q, L, 1, 2)
-            sizes = (reference_points[..., 2:] / points)[:, None, :, :, None]
-            grids = base + offsets * sizes
+            grids = self._box_grids(query, reference_points)
         else:
             raise ValueError(f"reference_points last dim must be 2 or 4, got {reference_points.shape[-1]}")
         return deform_sample(value, spatial_shapes, grids, weights)             # (B, dim, Q)
+
+    def _box_grids(self, query: Tensor, boxes: Tensor) -> Tensor:
+        """Sampling locations around reference boxes (B, Q, L, 4) cxcywh in [0, 1], in grid_sample's
+        [-1, 1]: 2 * (centre + offset / P * half size) - 1, (B, heads, Q, L, P, 2)."""
+        batch, queries = query.shape[:2]
+        offsets = _per_head(query, self.sampling_offsets, self.heads).view(batch, self.heads, queries, self.levels,
+                                                                           self.points, 2)
+        base = (2 * boxes[..., :2] - 1)[:, None, :, :, None]                        # (B, 1, Q, L, 1, 2)
+        sizes = (boxes[..., 2:] / self.points)[:, None, :, :, None]
+        return base + offsets * sizes
+
+    def sample_first(self, query: Tensor, boxes: Tensor, memory: "SampledMemory") -> Tensor:
+        """Single-level attention around reference boxes that samples the memory before value_proj:
+        bilinear sampling (zero padding), the attention-weighted sum and value_proj are all linear, so
+        value_proj(x) sampled = W (x sampled) + b (ones sampled), and the ones channel of
+        `memory.maps` carries b (and W e for the level embedding e) exactly, also where taps fall
+        outside the map. value_proj then costs Q * C * (C + 1) multiply-adds instead of S * C * C
+        for the whole memory of S tokens, and pruning shrinks it with Q (docs/MODEL.md).
+
+        query: (B, Q, dim) with the position embedding added; boxes: (B, Q, 4) cxcywh in [0, 1].
+        Returns (B, Q, dim), equal to forward() on the memory with its level embedding."""
+        if self.levels != 1:
+            raise ValueError(f"sample_first reads one memory level; this attention has {self.levels}")
+        batch, queries = query.shape[:2]
+        heads, points = self.heads, self.points
+        channels = memory.maps.shape[1]                                              # C + 1
+        weights = _per_head(query, self.attention_weights, heads).softmax(-1)       # (B, heads, Q, P)
+        grids = self._box_grids(query, boxes[:, :, None]).reshape(batch, heads, queries * points, 2)
+        sampled = F.grid_sample(memory.maps, grids, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)                                # (B, C + 1, heads, Q * P)
+        pooled = (sampled.view(batch, channels, heads, queries, points) * weights[:, None]).sum(-1)
+        # (B, C + 1, heads, Q) -> (B, heads, Q, C + 1); merging heads and Q first also pins the rank
+        # where no query is kept (onnxruntime's ReduceSum of an empty tensor keeps the summed axis)
+        pooled = pooled.reshape(batch, channels, heads * queries).transpose(1, 2).reshape(batch, heads, queries,
+                                                                                         channels)
+        projection = memory.weight.view(heads, self.dim // heads, channels).transpose(1, 2)   # (heads, C+1, C_h)
+        out = torch.matmul(pooled, projection)                                      # (B, heads, Q, C_h)
+        return self.output_proj(out.transpose(1, 2).reshape(batch, queries, self.dim))
 
 
 class ProjectedValues(NamedTuple):
@@ -267,6 +301,22 @@ def project_many(attentions: Sequence[MSDeformAttn], value: "Tensor | deform_con
     return [ProjectedValues(torch.matmul(_with_bias_column(a), value.tensor).reshape(batch, -1, layout.height,
                                                                                layout.width), layout)
             for a in attentions]
+
+
+class SampledMemory(NamedTuple):
+    """A single-level memory for `MSDeformAttn.sample_first`: `maps` (B, C + 1, H, W) the memory with a
+    channel of ones last, `weight` (C, C + 1) one attention's [W | W e + b] (`memory_for_sampling`)."""
+    maps: Tensor
+    weight: Tensor
+
+
+def memory_for_sampling(attentions: Sequence[MSDeformAttn], memory: Tensor, embedding: Tensor
+                        ) -> list[SampledMemory]:
+    """The decoder's single memory map (B, C, H, W) with a channel of ones, shared by all attentions,
+    and each attention's value projection with its level embedding (C, 1) as a bias column."""
+    batch, _, height, width = memory.shape
+    maps = torch.cat([memory, memory.new_ones(batch, 1, height, width)], dim=1)
+    return [SampledMemory(maps, _with_bias_column(a, embedding)) for a in attentions]
 
 
 def _with_bias_column(attention: MSDeformAttn, embedding: Tensor | None = None) -> Tensor:

@@ -97,7 +97,8 @@ class Mobius(nn.Module):
         elif prune is None:
             prune = self.prune
         decoded = self.decoder(queries, boxes, pixels.memory, pixels.mask_features, prompts, attn_mask,
-                               prune=prune, all_layer_masks=not self.deployed)
+                               prune=prune, all_layer_masks=not self.deployed,
+                               sample_first=self.deployed)
         main = queries.shape[1] - extra
         # without an extra group every row is a main row: no slicing (onnxruntime copies a full Slice,
         # 0.13 ms for the deployed graph's outputs)

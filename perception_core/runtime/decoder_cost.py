@@ -2,10 +2,15 @@
 
 Counts what `model/flops.py` counts (matmuls, linear layers, grid_sample taps; 2 FLOPs per MAC) for
 the deployment graph: per layer the query MLP of the position embedding, self-attention, deformable
-cross-attention (value projection of the memory, offsets, weights, sampling, output projection),
-FFN, box refinement and class logits; masks after the last layer: the mask embedding MLP and the
+cross-attention (offsets, weights, sampling, value projection, output projection), FFN, box
+refinement and class logits; masks after the last layer: the mask embedding MLP and the
 factored read of q . M (pixel_decoder_common.MaskFeatures.read, neck.NormedProjection.read).
 Query selection is not included. Accuracy against FlopCounterMode is tested in tests/test_processor.py.
+
+The value projection follows the deployment graph: with one memory level (MOBIUS) the layers after
+the first sample the memory and project the samples (MSDeformAttn.sample_first: C + 1 channels per
+head and tap, then C x (C + 1) per query); the first layer, and every layer of a multi-level decoder
+(the MaskDINO-style baseline), project the whole memory first (S x C x C, whatever the query count).
 """
 from __future__ import annotations
 
@@ -42,16 +47,20 @@ class DecoderShape:
                             (size // coarse) ** 2, fine)
 
 
-def layer_flops(shape: DecoderShape, queries: int, prompts: int) -> float:
-    """One decoder layer step on `queries` queries (class logits against `prompts` prompts)."""
+def layer_flops(shape: DecoderShape, queries: int, prompts: int, sample_first: bool = False) -> float:
+    """One decoder layer step on `queries` queries (class logits against `prompts` prompts);
+    `sample_first`: the layer samples a single-level memory before projecting it."""
     n, c = queries, shape.dim
     samples = shape.heads * shape.levels * shape.points
     macs = n * (2 * c * c + c * c)                     # ref_point_head MLP(2C, C, C)
     macs += 4 * n * c * c + 2 * n * n * c              # self-attention projections, QK^T and AV
-    macs += shape.memory_tokens * c * c                # value projection of the memory
     macs += n * c * samples * 3 + n * c * c            # offsets (x, y), weights, output projection
-    macs += 4 * n * c * shape.levels * shape.points    # bilinear taps (grid_sample)
-    macs += n * c * shape.levels * shape.points        # attention-weighted sum
+    if sample_first:                                   # sample, then project (MSDeformAttn.sample_first)
+        macs += 5 * n * (c + 1) * samples              # taps of C + 1 channels per head, weighted sum
+        macs += n * c * (c + 1)                        # value projection of the pooled samples
+    else:
+        macs += shape.memory_tokens * c * c            # value projection of the memory
+        macs += 5 * n * c * shape.levels * shape.points  # bilinear taps (grid_sample), weighted sum
     macs += 2 * n * c * shape.ffn_dim                  # FFN
     macs += n * (2 * c * c + 4 * c)                    # box head MLP(C, C, 4)
     macs += n * (c * c + prompts * c)                  # classifier projection and cosine logits
@@ -74,5 +83,6 @@ def decoder_gflops(shape: DecoderShape, kept_per_layer: Sequence[int], prompts: 
     kept = [int(k) for k in kept_per_layer]
     if not kept:
         return 0.0
-    total = sum(layer_flops(shape, n, prompts) for n in kept)
+    total = sum(layer_flops(shape, n, prompts, sample_first=shape.levels == 1 and layer > 0)
+                for layer, n in enumerate(kept))
     return (total + mask_flops(shape, kept[-1])) / GIGA
