@@ -49,7 +49,8 @@ class DecoderShape:
 
 def layer_flops(shape: DecoderShape, queries: int, prompts: int, sample_first: bool = False) -> float:
     """One decoder layer step on `queries` queries (class logits against `prompts` prompts);
-    `sample_first`: the layer samples a single-level memory before projecting it."""
+    `sample_first`: the layer samples the memory before projecting it (a ones channel per level
+    carries the biases: C + 1 channels per tap, C x (C + levels) per query and head block)."""
     n, c = queries, shape.dim
     samples = shape.heads * shape.levels * shape.points
     macs = n * (2 * c * c + c * c)                     # ref_point_head MLP(2C, C, C)
@@ -57,7 +58,7 @@ def layer_flops(shape: DecoderShape, queries: int, prompts: int, sample_first: b
     macs += n * c * samples * 3 + n * c * c            # offsets (x, y), weights, output projection
     if sample_first:                                   # sample, then project (MSDeformAttn.sample_first)
         macs += 5 * n * (c + 1) * samples              # taps of C + 1 channels per head, weighted sum
-        macs += n * c * (c + 1)                        # value projection of the pooled samples
+        macs += n * c * (c + shape.levels)             # value projection of the pooled samples
     else:
         macs += shape.memory_tokens * c * c            # value projection of the memory
         macs += 5 * n * c * shape.levels * shape.points  # bilinear taps (grid_sample), weighted sum
@@ -78,11 +79,15 @@ def mask_flops(shape: DecoderShape, queries: int) -> float:
     return 2.0 * (queries * per_query + shared)
 
 
-def decoder_gflops(shape: DecoderShape, kept_per_layer: Sequence[int], prompts: int) -> float:
-    """GFLOPs of one decoded frame; masks are computed for the queries leaving the last layer."""
+def decoder_gflops(shape: DecoderShape, kept_per_layer: Sequence[int], prompts: int,
+                   sample_first: bool | None = None) -> float:
+    """GFLOPs of one decoded frame; masks are computed for the queries leaving the last layer.
+    `sample_first`: whether the layers after the first sample the memory before projecting it; by
+    default as the deployed graph does (single-level memories only)."""
     kept = [int(k) for k in kept_per_layer]
     if not kept:
         return 0.0
-    total = sum(layer_flops(shape, n, prompts, sample_first=shape.levels == 1 and layer > 0)
+    later = shape.levels == 1 if sample_first is None else sample_first
+    total = sum(layer_flops(shape, n, prompts, sample_first=later and layer > 0)
                 for layer, n in enumerate(kept))
     return (total + mask_flops(shape, kept[-1])) / GIGA
