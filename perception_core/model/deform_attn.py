@@ -15,6 +15,8 @@ the *valid* extent of each level; (0, 0) is the top-left corner of the top-left 
 
 For ONNX export with a static query count, `MSDeformAttn` can instead sample through one DeformConv
 (model/deform_conv.py, inside `deform_conv.lowered_sampling()`): same result, fewer and faster nodes.
+`MSDeformAttn.sample_first` samples a single-level memory before value_proj (with a ones channel for
+the bias): the deployed decoder's pruned layers, whose projection cost then follows the kept queries.
 """
 from __future__ import annotations
 

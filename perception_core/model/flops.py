@@ -20,7 +20,9 @@ How grid_sample (deformable attention sampling) is counted
     MSDeformAttn call costs 8 * B * Q * C * L * P FLOPs in grid_sample. Its attention-weighted sum
     over the L*P samples (one multiply-add per sampled value, 2 * B * Q * C * L * P) is taken as a
     multiply and a sum in grid_sample's layout, which FlopCounterMode does not see; grid_sample is
-    used only there, so its count includes those 2 FLOPs: 10 per sampled value in all.
+    used only there, so its count includes those 2 FLOPs: 10 per sampled value in all. The deployed
+    decoder's layers after the first sample the unprojected memory instead (`MSDeformAttn.sample_first`:
+    (B, C + 1, heads, Q * P) values, then the same weighted sum), counted by the same rule.
 
 Components (forward hooks on the named submodules of `Mobius`, batch 1, square SIZE x SIZE input)
     vision_encoder   `model.backbone`.
