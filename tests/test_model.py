@@ -136,9 +136,9 @@ def test_malicious_checkpoint_is_refused(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["mobius_nano", "glee_maskdino_mini_m"])
 def test_deployed_decoder_samples_first_with_the_same_result_float64(name):
     """The deployed single-level decoder samples the memory before the value projection after its first
-    layer (the cost then follows the kept queries); multi-level decoders project the memory as MaskDINO does. Both forms
-    give the same predictions and keep the same queries, with pruning and with track queries."""
-    from perception_core.model import decoder as decoder_module
+    layer (the cost then follows the kept queries); multi-level decoders project the memory as MaskDINO
+    does. Both forms give the same predictions and keep the same queries, with and without track queries."""
+    from perception_core.model.decoder import TransformerDecoder
 
     model = tiny(name, ["pruning.b_low=0.0", "pruning.b_high=1.0"]).deploy().double()
     with torch.no_grad():   # offsets far from the init, so taps leave the map
@@ -147,33 +147,36 @@ def test_deployed_decoder_samples_first_with_the_same_result_float64(name):
             torch.nn.init.normal_(layer.cross_attn.value_proj.bias)
     images = torch.randn(1, 3, 64, 96, dtype=torch.float64)
     tokens, mask, pooled = prompts()
+    inputs = (images, tokens.double(), mask, pooled.double())
     tracks = {"prefix_queries": torch.randn(1, 2, 64, dtype=torch.float64),
               "prefix_boxes": torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.95, 0.6, 0.3, 0.3]]], dtype=torch.float64)}
-    original = decoder_module.TransformerDecoder.forward
-    calls = []
-    for extra in ({}, tracks):
-        outputs = {}
-        for sample_first in (True, False):
-            def forced(self, *args, sample_first_asked, _forced=sample_first, **kwargs):
-                calls.append(sample_first_asked)
-                return original(self, *args, sample_first=_forced, **kwargs)
+    original = TransformerDecoder.forward
 
-            with pytest.MonkeyPatch.context() as patch, torch.no_grad():
-                patch.setattr(decoder_module.TransformerDecoder, "forward",
-                              lambda self, *a, sample_first, **k: forced(self, *a, sample_first_asked=sample_first, **k))
-                outputs[sample_first] = model(images, tokens.double(), mask, pooled.double(), **extra)
-        samples, projects = outputs[True], outputs[False]
+    def run(force: bool, extra: dict) -> dict:
+        asked = []
+
+        def forced(self, *args, sample_first, **kwargs):
+            asked.append(sample_first)
+            return original(self, *args, sample_first=force, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch, torch.no_grad():
+            patch.setattr(TransformerDecoder, "forward", forced)
+            out = model(*inputs, **extra)
+        assert asked == [True]   # deploy() asks for it
+        return out
+
+    for extra in ({}, tracks):
+        samples, projects = run(True, extra), run(False, extra)
         assert torch.equal(samples["kept_per_layer"], projects["kept_per_layer"])
-        if model.prune is not None and not extra:   # the baselines do not prune; track queries stop it
+        if model.prune is not None:   # the baselines do not prune
             assert samples["kept_per_layer"][-1] < samples["kept_per_layer"][0]
         for key in ("pred_logits", "pred_boxes", "pred_masks", "query_embed"):
             torch.testing.assert_close(samples[key], projects[key], rtol=1e-9, atol=1e-9)
-    assert calls == [True] * 4   # deploy() asks for it
+    attention = type(model.decoder.layers[0].cross_attn)
     sampled = []
     with pytest.MonkeyPatch.context() as patch, torch.no_grad():
-        method = type(model.decoder.layers[0].cross_attn).sample_first
-        patch.setattr(type(model.decoder.layers[0].cross_attn), "sample_first",
-                      lambda *a: sampled.append(1) or method(*a))
-        model(images, tokens.double(), mask, pooled.double())
+        method = attention.sample_first
+        patch.setattr(attention, "sample_first", lambda *a: sampled.append(1) or method(*a))
+        model(*inputs)
     # the first layer, which every query enters, projects the memory; the layers pruning thins out sample it
     assert len(sampled) == (len(model.decoder.layers) - 1 if model.config.memory_levels == 1 else 0)
