@@ -28,6 +28,7 @@ from std_msgs.msg import Header, String
 from mobius_ros import messages, outputs, parameters
 from mobius_ros.images import array_to_image, image_to_array, rgb_to_compressed
 from mobius_ros.segment_node import SegmentNode
+from ros_process import stop_node_process
 
 pytestmark = pytest.mark.ros
 PROMPTS = ["red star", "blue circle"]
@@ -360,7 +361,6 @@ def test_mobius_segment_process_serves_and_shuts_down_cleanly(context, tiny_mode
     """The console entry point with standard rclpy arguments (--params-file, -p, -r), as used
     where no ros2 CLI exists: it autostarts, serves a frame, and exits 0 on SIGINT."""
     import os
-    import signal
     import subprocess
     import sys
 
@@ -391,11 +391,7 @@ def test_mobius_segment_process_serves_and_shuts_down_cleanly(context, tiny_mode
             time.sleep(0.3)
         assert got and got[0].header.frame_id == "proc_42" and got[0].encoding == "mono16"
     finally:
-        process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=30)[0]
-        executor.shutdown()
-        spinner.join(5)
-        client.destroy_node()
+        output = stop_node_process(process, executor, spinner, client)
     assert process.returncode == 0, output
     assert "Traceback" not in output and "active: segmenting /proc/camera/image" in output
 

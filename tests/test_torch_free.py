@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from perception_core import assets
+from ros_process import stop_node_process
 from perception_core.cli import main as mobius
 from perception_core.training.synth.config import make_config
 from perception_core.training.synth.video import generate_video
@@ -114,7 +115,6 @@ def test_gst_pipeline_without_torch(tmp_path):
 def test_ros_node_serves_new_prompts_without_torch(prompt_file):
     """The node's console entry point under tests/without_torch.py: the shipped model, two prompts only
     the prompt file holds, a real rclpy publisher and subscriber."""
-    import signal
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -160,12 +160,10 @@ def test_ros_node_serves_new_prompts_without_torch(prompt_file):
         assert (images[0].height, images[0].width) == (96, 128)
         assert json.loads(infos[0].data)["prompts"] == ["forklift", "yellow ring"]
     finally:
-        process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=30)[0]
-        executor.shutdown()
-        spinner.join(5)
-        client.destroy_node()
-        context.try_shutdown()
+        try:
+            output = stop_node_process(process, executor, spinner, client)
+        finally:
+            context.try_shutdown()
     assert process.returncode == 0 and "Traceback" not in output, output
     assert "[without_torch] blocked imports: []" in output, output
 
