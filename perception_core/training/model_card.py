@@ -5,7 +5,9 @@
 Sources: the shipped model.json (recipe, step, the metrics `mobius eval --record` and
 `mobius eval-video --record` stored), the training run's metrics.csv (time per step, loss curve),
 count_flops of the shipped preset, and an onnxruntime latency measurement of the shipped ONNX at
-its input size on 1 and 2 threads (median of repeats, the load average noted).
+its input size on 1 and 2 threads (median of repeats, the load average noted). A reliability diagram
+next to the card (CALIBRATION_PLOT, written by `mobius eval ... --calibration-plot docs/model_card_calibration.png`)
+is linked when present.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import assets
+
+CALIBRATION_PLOT = "model_card_calibration.png"  # beside the card
 
 
 def training_summary(run_dir: Path, upto: int | None = None) -> dict:
@@ -98,7 +102,9 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def render(info: dict, training: dict, latency: dict, flops: dict) -> str:
+def render(info: dict, training: dict, latency: dict, flops: dict, calibration_plot: str | None = None) -> str:
+    """The card's markdown; `calibration_plot`: a reliability diagram's path relative to the card, linked
+    under the calibration error when given."""
     metrics = info.get("metrics", {})
     image = next((v for k, v in metrics.items() if k.startswith("eval ") and "test" in k), None) or \
         next((v for k, v in metrics.items() if k.startswith("eval ")), {})
@@ -147,7 +153,9 @@ def render(info: dict, training: dict, latency: dict, flops: dict) -> str:
                   f"- Held-out compositions: mask AP {_pct(image.get('holdout_mask_AP'))}, box AP "
                   f"{_pct(image.get('holdout_box_AP'))}; seen: mask AP {_pct(image.get('seen_mask_AP'))}.",
                   f"- Expected calibration error of confidence vs mask IoU: {image.get('ece_mask_iou', float('nan')):.4f} "
-                  f"(box IoU: {image.get('ece_box_iou', float('nan')):.4f}); 15 bins, all top-k detections.",
+                  f"(box IoU: {image.get('ece_box_iou', float('nan')):.4f}); 15 bins, all top-k detections." +
+                  (f" Reliability diagram (`mobius eval --calibration-plot`): ![calibration]({calibration_plot})"
+                   if calibration_plot else ""),
                   f"- Kept queries per decoder layer (mean over the images): {image.get('kept_per_layer_mean', 'n/a')}.",
                   "- Target (issue 4): mask AP >= 70 on a fresh normal-difficulty test split."]
     else:
@@ -187,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     size, prompts = int(info["size"]), len(info.get("default_prompts", [])) or 4
     latency = {"load": f"{os.getloadavg()[0]:.1f}",
                "ms": {threads: onnx_latency(assets.require(assets.ONNX), size, prompts, threads) for threads in (1, 2)}}
-    text = render(info, training_summary(Path(args.run), info.get("step")), latency, flops_rows(size, prompts))
+    plot = Path(args.out).parent / CALIBRATION_PLOT
+    text = render(info, training_summary(Path(args.run), info.get("step")), latency, flops_rows(size, prompts),
+                  CALIBRATION_PLOT if plot.is_file() else None)
     text += f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.\n"
     Path(args.out).write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")
