@@ -115,6 +115,20 @@ def test_flops_fraction_arithmetic():
             perf_efficiency.flops_fraction(*bad)
 
 
+def test_paper_scale_rows_and_verdict():
+    below = {4: {"efficiency": perf_efficiency.flops_fraction(14.0, 100.0, 350.0), "gemm_share": 0.55,
+                 "kept": [300, 100]},
+             80: {"efficiency": perf_efficiency.flops_fraction(16.0, 128.0, 350.0), "gemm_share": 0.6,
+                  "kept": [300, 100]}}
+    text = "\n".join(perf_efficiency.paper_lines(below, 2, 0.276))
+    assert "| mobius_mini_m | 4 | 300,100 | 14.00 | 100 | 140.0 | 40.0% | 55% |" in text
+    assert "| mobius_mini_m | 80 |" in text
+    assert "reaches up to 40.0% (below 50%)" in text and "shipped model above (27.6%)" in text
+    above = {4: {**below[4], "efficiency": perf_efficiency.flops_fraction(18.0, 100.0, 350.0)}}
+    assert "reaches up to 51.4% (at or above 50%)" in "\n".join(perf_efficiency.paper_lines(above, 2, 0.3))
+    assert perf_efficiency.paper_lines(None, 2, 0.3) == []
+
+
 def test_time_interleaved_round_robin_order():
     order = []
     timings = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1)
