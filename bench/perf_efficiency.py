@@ -245,7 +245,7 @@ def paper_lines(paper: dict | None, threads: int, default_fraction: float) -> li
         return []
     lines = ["", f"The same at paper scale: {PAPER_PRESET} with RANDOM weights (no trained one exists; configured "
                  f"pruning keeps min_kept), {SIZE}x{SIZE}, {TOKENS}-token prompts, {threads} threads, exported as in "
-                 "the latency section. Its matmuls and convolutions are large enough to keep the cores busy:", "",
+                 "the latency section. Its matmuls and convolutions are wider, so per-node costs weigh less:", "",
              "| model | prompts | kept per layer | GFLOPs (count_flops) | median ms | achieved GFLOP/s "
              "| fraction of peak | matmul/conv share of node time |", "|---|---|---|---|---|---|---|---|"]
     for prompts, row in paper.items():
@@ -255,8 +255,8 @@ def paper_lines(paper: dict | None, threads: int, default_fraction: float) -> li
                      f"| {row['gemm_share']:.0%} |")
     best = max(row["efficiency"].fraction for row in paper.values())
     lines += ["", f"The goal is judged on the shipped model above ({default_fraction:.1%}); the paper-scale model "
-                  f"reaches up to {best:.1%} ({'at or above' if best >= 0.5 else 'below'} 50%): the small default "
-                  "model loses most to the per-node and memory-traffic costs that do not grow with its width."]
+                  f"reaches up to {best:.1%} ({'at or above' if best >= 0.5 else 'below'} 50%): more of the small "
+                  "default model's time goes to per-node and memory-traffic costs that do not shrink with its width."]
     return lines
 
 
