@@ -113,9 +113,8 @@ def paper_scale(settings: Settings, peak_gflops_s: float) -> dict:
         gflops = count_flops(model, SIZE, prompts, TOKENS, kept=kept).total
         stats, _ = perf_profile.profile_ops(path, feed, settings.threads, 2 if settings.quick else 5,
                                             settings.cache / "profiles")
-        gemm_ms = sum(s.ms_per_run for s in stats if s.op_type in perf_profile.GEMM_OPS)
         rows[prompts] = {"efficiency": flops_fraction(gflops, latency[prompts].median, peak_gflops_s),
-                         "gemm_share": gemm_ms / sum(s.ms_per_run for s in stats), "kept": kept}
+                         "gemm_share": perf_profile.gemm_ms(stats) / sum(s.ms_per_run for s in stats), "kept": kept}
     return rows
 
 
@@ -171,7 +170,7 @@ def render(data: dict, settings: Settings, load) -> str:
     import perf_profile
 
     eff, peaks, stats = data["efficiency"], data["peaks"], data["stats"]
-    gemm_ms = sum(s.ms_per_run for s in stats if s.op_type in perf_profile.GEMM_OPS)
+    gemm_ms = perf_profile.gemm_ms(stats)
     total_ms = sum(s.ms_per_run for s in stats)
     threads = settings.threads
     model = "the shipped mobius_nano" if data["trained"] else "mobius_nano with RANDOM weights (no shipped model)"

@@ -267,6 +267,11 @@ def sampler_ab(model, feed: dict, threads: int, repeats: int, warmup: int, cache
             "sampling_nodes": {k: {op: v.count(op) for op in ("GridSample", "DeformConv")} for k, v in ops.items()}}
 
 
+def gemm_ms(stats: list[OpStat]) -> float:
+    """Per-run node time of the operator types that carry counted FLOPs (GEMM_OPS)."""
+    return sum(s.ms_per_run for s in stats if s.op_type in GEMM_OPS)
+
+
 def op_table(stats: list[OpStat], top: int = 12) -> list[str]:
     lines = ["| op type | ms per run | share | nodes | carries counted FLOPs |", "|---|---|---|---|---|"]
     for stat in stats[:top]:

@@ -21,6 +21,7 @@ from ros_process import stop_node_process
 from perception_core.cli import main as mobius
 from perception_core.training.synth.config import make_config
 from perception_core.training.synth.video import generate_video
+from perception_core.training.synth.vocabulary import present_names
 
 WITHOUT_TORCH = Path(__file__).with_name("without_torch.py")
 NEW_PROMPTS = ["magenta hexagon", "yellow ring", "forklift"]   # the clip's objects, and one it lacks
@@ -61,7 +62,7 @@ def default_clip(tmp_path_factory) -> Path:
     both name, so that the comparison below has detections to compare."""
     for seed in range(200):
         frames, tracks = generate_video(seed, CLIP_CONFIG)
-        if {f"{t['attributes']['color']} {t['attributes']['shape']}" for t in tracks} & set(SUBSET):
+        if set(present_names(tracks)) & set(SUBSET):
             return write_clip(frames, tmp_path_factory.mktemp("default_clip"))
     raise AssertionError(f"no generated clip among 200 seeds shows any of {SUBSET}")
 

@@ -172,8 +172,9 @@ def render(info: dict, training: dict, latency: dict, flops: dict, calibration_p
               "pretrained weights can be downloaded here). The loss was still falling. A calibrated score "
               "estimates the mask IoU; this under-trained model scores below the IoU it reaches (the reliability "
               "diagram above), mostly under 0.4: the node's default threshold of 0.4 (config/segment.yaml) hides "
-              "most of its detections, and `make demo` uses 0.1. Continue the run with `mobius train --config training/recipes/mobius_nano_synth_cpu.yaml "
-              "--resume auto optim.max_steps=N \"optim.milestones=[...]\"` (the lr is a function of the step, so new "
+              "most of its detections, and `make demo` uses 0.1. Continue the run with `mobius train --config "
+              "training/recipes/mobius_nano_synth_cpu.yaml --resume auto optim.max_steps=N "
+              "\"optim.milestones=[...]\"` (the lr is a function of the step, so new "
               "milestones restart the schedule), or train the GPU recipe where a GPU is available."]
     lines += ["", "## Cost", "", f"GFLOPs at {info.get('size')} px with {len(info.get('default_prompts', []))} prompts "
               "x 8 tokens (`mobius flops`):", "", "| component | GFLOPs |", "|---|---|"]
