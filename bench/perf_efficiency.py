@@ -195,7 +195,11 @@ def render(data: dict, settings: Settings, load) -> str:
               f"peak) inside those ops. The other "
               f"{total_ms - gemm_ms:.1f} ms (layout: Transpose/Concat/Reshape/Reorder*, "
               f"sampling: DeformConv/GridSample, elementwise: Add/Mul/Div/Softmax/norms) carry no counted FLOPs: "
-              f"that is the biggest loss.", "",
+              f"that is the biggest loss. It also bounds what removing it can give: with every other node "
+              f"free, the model would run at the in-op rate, "
+              f"{e.gflops / (gemm_ms / 1000) / peaks[threads]:.0%} of peak. Profiled node times sum to "
+              f"{total_ms:.1f} ms against {e.latency_ms:.1f} ms unprofiled: the profiler's own cost per node "
+              f"inflates the small nodes.", "",
               "Heaviest nodes:", "", "| node | op | ms per run | input shapes |", "|---|---|---|---|",
               *[f"| {name} | {op} | {ms:.2f} | {shapes} |" for name, op, ms, shapes in data["nodes"]], "",
               "### Cheap fixes tried", "", "Session options (round-robin, median ms; a variant counts when >= 5% "

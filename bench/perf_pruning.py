@@ -25,6 +25,8 @@ from perf_common import (Section, Settings, build_random, clip_frames, clip_prom
 
 SIZE = 384
 LARGE = 800
+# decoder GFLOPs of MOBIUS / GLEE-MaskDINO in the paper: Tab. 12 (384 px short side), Tab. 10 (800x800)
+PAPER_RATIO = {SIZE: 4.9 / 9.9, LARGE: 10.0 / 20.1}
 NANO_MASKDINO = ["pixel_decoder.type=maskdino", "decoder.multi_scale=true", "pruning.enabled=false"]
 
 
@@ -174,6 +176,11 @@ def render(data: dict, settings: Settings, frames: int, load) -> str:
               f"kept fractions by relative depth, clamped to mobius_mini_m's min_kept; with min_kept = "
               f"{floor['kept'][-1]} of {floor['kept'][0]} queries the lowest reachable is "
               f"{floor['vs_baseline']:.1%}){large_text}.", ""]
+    lines += [f"Paper context: MOBIUS reports its decoder at {PAPER_RATIO[LARGE]:.1%} of GLEE-MaskDINO's at "
+              f"{LARGE}x{LARGE} (Tab. 10: 10 vs 20.1 GFLOPs) and {PAPER_RATIO[SIZE]:.1%} at {SIZE} px short side "
+              f"(Tab. 12: 4.9 vs 9.9); mobius_mini_m projected here: {projected['vs_baseline']:.1%} at {SIZE} px"
+              + (f", {large['vs_baseline']:.1%} at {LARGE} px" if large else "")
+              + ". The 25% goal is half the paper's own ratio.", ""]
     same = data.get("same_form")
     if same:
         parts = [f"{size} px: {v['baseline']:.2f} -> {v['baseline_same_form']:.2f} GFLOPs, mobius_mini_m projected "

@@ -19,7 +19,7 @@ import perf_profile  # noqa: E402
 import perf_pruning  # noqa: E402
 import perf_report  # noqa: E402
 import perf_scaling  # noqa: E402
-from perf_common import Section, onnx_session, time_interleaved  # noqa: E402
+from perf_common import Section, Settings, onnx_session, time_interleaved  # noqa: E402
 
 RUNS = 3
 
@@ -182,6 +182,20 @@ def test_project_kept_maps_fractions_by_depth():
     assert perf_pruning.project_kept(np.array([10.0, 10.0]), 300, 3, 100) == (300, 300, 300)
     with pytest.raises(ValueError):
         perf_pruning.project_kept(np.array([10.0]), 300, 3, 100)
+
+
+def test_pruning_render_judges_goals_and_sets_the_paper_ratio_beside_them():
+    def row(name, vs_baseline, kept=(300, 100)):
+        return {"name": name, "kept": list(kept), "decoder": 1.0, "vs_baseline": vs_baseline, "vs_unpruned": None}
+    rows = [row(f"row {i}", 1.0) for i in range(9)]
+    rows[2], rows[5], rows[6], rows[8] = row("nano", 0.191), row("mini", 0.293), row("floor", 0.263), row("800", 0.176)
+    data = {"rows": rows, "kept": [[100, 20]], "mean_kept": [100.0, 20.0], "prompts": ["red ring"],
+            "analytic_mean": 1.0, "analytic_full": 2.0, "trained": True}
+    text = perf_pruning.render(data, Settings(quick=True, threads=2), 4, (0.5, 0.5, 0.5))
+    assert "measured at nano scale 19.1%, **met**; mini_m projection 29.3%, **not met**" in text
+    assert "the lowest reachable is 26.3%); the same projection at 800x800: 17.6%, **met**" in text
+    assert "at 800x800 (Tab. 10: 10 vs 20.1 GFLOPs) and 49.5% at 384 px" in text
+    assert "mobius_mini_m projected here: 29.3% at 384 px, 17.6% at 800 px" in text
 
 
 def test_growth_exponent_recovers_power_laws():
