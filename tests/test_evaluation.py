@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 from perception_core.cli import main as mobius
 from perception_core.evaluation.calibration import (calibration, expected_calibration_error, match_ious,
-                                                    reliability_diagram)
+                                                    recall_at_scores, reliability_diagram)
 from perception_core.evaluation.coco_eval import evaluate_coco
 from perception_core.evaluation.detections import ImageDetections, coco_results, detections_from_coco_results, json_rle
 from perception_core.evaluation.eval_command import score
@@ -74,6 +74,8 @@ def test_perfect_detections_give_ap_1_and_zero_calibration_error():
     assert metrics["holdout"]["holdout_mask"]["AP"] == pytest.approx(1.0)
     assert metrics["holdout"]["compositions"] == ["red star"]
     assert metrics["per_category"]["blue ring"] == {"box_AP": pytest.approx(1.0), "mask_AP": pytest.approx(1.0)}
+    assert metrics["recall_at_score"] == {"iou": "mask", "hit_iou": 0.5,
+                                          "recall": {"0.1": 1.0, "0.2": 1.0, "0.3": 1.0, "0.4": 1.0, "0.5": 1.0}}
 
 
 def test_zero_detections_give_ap_0_and_unknown_images_are_rejected():
@@ -179,6 +181,30 @@ def test_greedy_matching_gives_duplicates_iou_0_and_other_categories_never_match
     assert best.tolist() == [1.0, 1.0, 0.0] and greedy.tolist() == [1.0, 0.0, 0.0]
 
 
+def test_recall_at_scores_counts_objects_found_above_each_threshold():
+    # GT holds 4 objects on images 1, 2 and 4 (image 3 is empty); detections in image order
+    perfect = perfect_detections(GT)
+    scores = {1: [0.9, 0.35], 2: [0.15], 4: [0.6]}
+    detections = [ImageDetections(d.image_id, scores.get(d.image_id, []), d.category_ids, d.boxes, d.masks)
+                  for d in perfect]
+    recall = recall_at_scores(GT, detections, thresholds=(0.1, 0.3, 0.5, 0.95))
+    assert recall == {0.1: 1.0, 0.3: 0.75, 0.5: 0.5, 0.95: 0.0}
+    # a wrong category, a poor overlap and a duplicate find nothing more
+    first = detections[0]
+    shifted = first.boxes[:1] + [0, 30, 0, 30]
+    star = rectangle(5, 5, 30, 40)
+    extra = ImageDetections(1, [0.99] * 4, [2, 1, 1, 1], np.concatenate([first.boxes[:1], shifted] + [first.boxes[:1]] * 2),
+                            np.stack([star, rectangle(5, 35, 30, 70), star, star]))
+    recall = recall_at_scores(GT, [extra, *detections[1:]], thresholds=(0.1, 0.95), iou_kind="mask")
+    assert recall == {0.1: 0.75, 0.95: 0.25}          # image 1: the star once, the ring missed
+    # images without detections count their objects as missed; no objects at all gives None
+    assert recall_at_scores(GT, detections[:1], thresholds=(0.1,), iou_kind="box") == {0.1: 0.5}
+    empty = {**GT, "annotations": []}
+    assert recall_at_scores(empty, [], thresholds=(0.1,)) == {0.1: None}
+    with pytest.raises(ValueError, match="iou_kind"):
+        recall_at_scores(GT, detections, iou_kind="polygon")
+
+
 def test_reliability_diagram_is_a_png(tmp_path):
     ious = np.linspace(0.05, 0.95, 30)
     gt, detections = nested_detections(np.clip(ious + 0.1, 0, 1), ious)
@@ -233,6 +259,8 @@ def test_mobius_eval_torch_on_a_generated_split(tiny_split, capsys, tmp_path):
     saved = detections_from_coco_results(json.loads((tmp_path / "torch.json").read_text()))
     gt = json.loads(data.read_text())
     assert score(gt, saved, gt["categories"])["mask"] == metrics["mask"]
+    recall = list(metrics["recall_at_score"]["recall"].values())
+    assert all(a >= b for a, b in zip(recall, recall[1:]))        # a higher threshold never finds more
     # and the ground truth itself, as detections, scores AP 1 through that path
     assert score(gt, perfect_detections(gt), gt["categories"])["mask"]["AP"] == pytest.approx(1.0)
 
@@ -240,6 +268,7 @@ def test_mobius_eval_torch_on_a_generated_split(tiny_split, capsys, tmp_path):
                                 "--calibration-plot", str(tmp_path / "reliability.png"))
     assert code == 0, err
     assert "3 images, 2 prompts" in out and "held-out compositions: red star" in out
+    assert "objects found (mask IoU >= 0.5) at score >= 0.1: " in out
     assert {d["category_id"] for d in json.loads((tmp_path / "subset.json").read_text())} <= {25, 38}
     assert cv2.imread(str(tmp_path / "reliability.png")) is not None
 
@@ -298,6 +327,7 @@ def test_record_writes_its_entry_and_keeps_the_others(tmp_path, tiny_split, caps
     entry = written["metrics"]["eval val"]
     assert entry["mask_AP"] == pytest.approx(1.0) and entry["ece_box_iou"] == pytest.approx(0.0)
     assert entry["holdout_mask_AP"] == pytest.approx(1.0) and entry["holdout_compositions"] == ["red star"]
+    assert entry["recall_at_score"]["recall"]["0.4"] == 1.0
     with pytest.raises(FileNotFoundError, match="ship a model first"):
         record_metrics("eval val", {}, tmp_path / "absent.json")
     root, data = tiny_split

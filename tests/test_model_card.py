@@ -1,6 +1,7 @@
 """docs/MODEL_CARD.md's renderer: recorded numbers go in as recorded, the reliability diagram is linked
-only when it exists."""
-from perception_core.training.model_card import CALIBRATION_PLOT, render
+only when it exists, the score-threshold advice follows the recorded recall and the node's YAML."""
+from perception_core.evaluation.record import confidence_gap
+from perception_core.training.model_card import CALIBRATION_PLOT, node_score_threshold, render
 
 INFO = {"step": 4200, "size": 384, "default_prompts": ["red circle"], "recipe": {"batch_size": 8},
         "metrics": {"eval test": {"data": "t.json", "images": 5, "prompts": 3, "model": "onnx m.onnx", "size": 384,
@@ -16,3 +17,26 @@ def test_card_reports_the_recorded_metrics_and_links_the_plot_only_when_given():
     assert "0.0312" in with_plot and "4200 steps in 4.5 h" in with_plot
     assert f"![calibration]({CALIBRATION_PLOT})" in with_plot
     assert "![calibration]" not in without
+
+
+def test_score_advice_follows_the_recorded_gap_recall_and_node_threshold():
+    image = {**INFO["metrics"]["eval test"], "confidence_minus_mask_iou": -0.123,
+             "recall_at_score": {"iou": "mask", "hit_iou": 0.5, "recall": {"0.1": 0.61, "0.4": 0.052, "0.5": None}}}
+    text = render({**INFO, "metrics": {"eval test": image}}, TRAINING, LATENCY, {"total": 1.41}, node_threshold=0.4)
+    assert "scores 0.12 below the IoU it reaches on average" in text
+    assert "above a score threshold: 61.0% at 0.1, 5.2% at 0.4;" in text
+    assert "the node's default threshold of 0.4 (config/segment.yaml) keeps 5.2%" in text
+    over = {**image, "confidence_minus_mask_iou": 0.05}
+    text = render({**INFO, "metrics": {"eval test": over}}, TRAINING, LATENCY, {}, node_threshold=0.3)
+    assert "scores 0.05 above the IoU" in text and "keeps" not in text    # no recall recorded at 0.3
+    assert "below the IoU" not in render(INFO, TRAINING, LATENCY, {})      # nothing recorded: no claim
+
+
+def test_node_threshold_comes_from_the_shipped_yaml_and_the_gap_from_calibration_bins(tmp_path):
+    from mobius_ros.parameters import load_defaults
+
+    assert node_score_threshold() == load_defaults()["score_threshold"]
+    assert node_score_threshold(tmp_path / "absent.yaml") is None
+    bins = {"counts": [2, 0, 1], "mean_confidence": [0.1, None, 0.7], "mean_iou": [0.3, None, 0.4]}
+    assert confidence_gap(bins) == (2 * (0.1 - 0.3) + (0.7 - 0.4)) / 3
+    assert confidence_gap({"counts": [0, 0], "mean_confidence": [None, None], "mean_iou": [None, None]}) is None

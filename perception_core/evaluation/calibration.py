@@ -14,7 +14,8 @@ confidence *predicts* that IoU, and this module measures how well:
     3. ECE = sum_b |B_b| / n * |mean confidence in B_b - mean IoU in B_b|.
 
 A perfectly calibrated model has ECE 0; a model whose confidence is always 0.2 above its IoU has
-ECE 0.2. `reliability_diagram` plots mean IoU against mean confidence per bin.
+ECE 0.2. `reliability_diagram` plots mean IoU against mean confidence per bin. `recall_at_scores`
+says what a score threshold costs: the share of objects still found above it.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .detections import ImageDetections, xyxy_to_xywh
 NUM_BINS = 15
 MATCHING = ("best", "greedy")
 IOU_KINDS = ("mask", "box")
+RECALL_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)   # score thresholds of recall_at_scores
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,32 @@ def calibration(ground_truth: str | os.PathLike | dict, detections: Sequence[Ima
     """ECE of the detections' confidence against their IoU with the matched gt."""
     confidences, ious = match_ious(ground_truth, detections, iou_kind, matching, min_score)
     return expected_calibration_error(confidences, ious, bins, iou_kind, matching)
+
+
+def recall_at_scores(ground_truth: str | os.PathLike | dict, detections: Sequence[ImageDetections],
+                     thresholds: Sequence[float] = RECALL_THRESHOLDS, iou_kind: str = "mask",
+                     hit_iou: float = 0.5) -> dict[float, float | None]:
+    """threshold t -> share of the ground-truth instances (crowd skipped) that a detection of their
+    category finds with score >= t and IoU >= `hit_iou`: what a consumer that drops detections below t
+    (the node's score_threshold) still sees. Images without detections count their instances as missed;
+    None when there are no instances."""
+    from .coco_eval import check_detections, load_ground_truth
+
+    if iou_kind not in IOU_KINDS:
+        raise ValueError(f"iou_kind must be one of {IOU_KINDS}, got {iou_kind!r}")
+    data = load_ground_truth(ground_truth)
+    check_detections(data, detections)
+    by_image = _ground_truth_by_image(data, iou_kind)
+    total = sum(len(categories) for categories, _ in by_image.values())
+    found = np.zeros(len(thresholds), dtype=np.int64)
+    for image in detections:
+        gt_categories, regions = by_image.get(image.image_id, (np.zeros(0, dtype=np.int64), []))
+        if len(image) == 0 or not regions:
+            continue
+        hits = (_iou_matrix(image, regions, iou_kind) >= hit_iou) & (image.category_ids[:, None] == gt_categories)
+        for i, t in enumerate(thresholds):
+            found[i] += int(hits[image.scores >= t].any(axis=0).sum())
+    return {float(t): (float(n) / total if total else None) for t, n in zip(thresholds, found)}
 
 
 def reliability_diagram(results: Sequence[CalibrationResult], path: str | os.PathLike, title: str = "") -> Path:

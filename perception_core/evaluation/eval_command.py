@@ -89,9 +89,10 @@ def holdout_names(data: dict, holdout: str | None) -> list[str]:
 def score(ground_truth: dict, detections: Sequence, categories: Sequence[dict], holdout: Sequence[str] = (),
           image_ids: Sequence[int] | None = None, matching: str = "best", min_score: float = 0.0) -> dict:
     """All metrics of `detections` over the prompted `categories`: COCO box/mask AP, per-category
-    AP, ECE against mask and box IoU (calibration.py: `matching`, detections >= `min_score`), and
-    AP over held-out and other compositions."""
-    from .calibration import calibration
+    AP, ECE against mask and box IoU (calibration.py: `matching`, detections >= `min_score`), the
+    share of objects found above each score threshold (recall_at_scores), and AP over held-out and
+    other compositions."""
+    from .calibration import calibration, recall_at_scores
     from .coco_eval import evaluate_coco
 
     category_ids = [int(c["id"]) for c in categories]
@@ -112,6 +113,10 @@ def score(ground_truth: dict, detections: Sequence, categories: Sequence[dict], 
     for kind in (("mask", "box") if has_masks else ("box",)):
         metrics["calibration"][kind] = {**calibration(gt, detections, kind, matching, min_score=min_score).to_dict(),
                                         "min_score": min_score}
+    kind = "mask" if has_masks else "box"
+    metrics["recall_at_score"] = {"iou": kind, "hit_iou": 0.5,
+                                  "recall": {f"{t:g}": r for t, r in recall_at_scores(gt, detections,
+                                                                                       iou_kind=kind).items()}}
     held = [c for c in category_ids if names[c] in set(holdout)]
     if holdout:
         seen = [c for c in category_ids if c not in held]
@@ -140,6 +145,10 @@ def format_table(metrics: dict) -> str:
     for kind, result in metrics["calibration"].items():
         lines.append(f"ECE (confidence vs {kind} IoU, {result['matching']} match, {result['bins']} bins, "
                      f"n={result['n']} with score >= {result['min_score']:g}): {result['ece']:.4f}")
+    recall = metrics.get("recall_at_score")
+    if recall:
+        lines.append(f"objects found ({recall['iou']} IoU >= {recall['hit_iou']:g}) at score >= "
+                     + ", ".join(f"{t}: {_fmt(r).strip()}" for t, r in recall["recall"].items()))
     holdout = metrics.get("holdout")
     if holdout:
         lines.append(f"held-out compositions: {', '.join(holdout['compositions']) or 'none prompted'}")

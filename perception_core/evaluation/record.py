@@ -50,6 +50,15 @@ def record_metrics(key: str, summary: dict, info_path: str | os.PathLike | None 
     return path
 
 
+def confidence_gap(result: dict) -> float | None:
+    """Mean confidence minus mean IoU over all detections of a CalibrationResult.to_dict() (from its
+    bins; negative: under-confident), None without detections."""
+    counts = result["counts"]
+    if not sum(counts):
+        return None
+    return sum(n * (c - i) for n, c, i in zip(counts, result["mean_confidence"], result["mean_iou"]) if n) / sum(counts)
+
+
 def image_summary(metrics: dict, data_path: str) -> dict:
     """The model-card numbers of `mobius eval`."""
     summary = {"data": str(data_path), "images": metrics["images"], "prompts": metrics["prompts"],
@@ -60,6 +69,9 @@ def image_summary(metrics: dict, data_path: str) -> dict:
         summary.update({f"{kind}_{name}": stats.get(name) for name in ("AP", "AP50", "AP75")})
         if kind in metrics["calibration"]:
             summary[f"ece_{kind}_iou"] = metrics["calibration"][kind]["ece"]
+            summary[f"confidence_minus_{kind}_iou"] = confidence_gap(metrics["calibration"][kind])
+    if metrics.get("recall_at_score"):
+        summary["recall_at_score"] = metrics["recall_at_score"]
     holdout = metrics.get("holdout")
     if holdout:
         summary["holdout_compositions"] = holdout["compositions"]

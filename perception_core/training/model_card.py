@@ -24,6 +24,7 @@ import numpy as np
 from .. import assets
 
 CALIBRATION_PLOT = "model_card_calibration.png"  # beside the card
+NODE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "segment.yaml"   # the node's defaults
 
 
 def training_summary(run_dir: Path, upto: int | None = None) -> dict:
@@ -102,9 +103,39 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def render(info: dict, training: dict, latency: dict, flops: dict, calibration_plot: str | None = None) -> str:
+def node_score_threshold(path: Path = NODE_CONFIG) -> float | None:
+    """The node's default score_threshold (config/segment.yaml), None when the file is not there."""
+    import yaml
+
+    if not path.is_file():
+        return None
+    return float(yaml.safe_load(path.read_text(encoding="utf-8"))["/**"]["ros__parameters"]["score_threshold"])
+
+
+def score_sentences(image: dict, node_threshold: float | None) -> str:
+    """What the recorded calibration gap and recall at score thresholds say about choosing a threshold."""
+    gap = image.get("confidence_minus_mask_iou")
+    recall = {t: r for t, r in ((image.get("recall_at_score") or {}).get("recall") or {}).items() if r is not None}
+    text = "A calibrated score estimates the mask IoU"
+    if gap is not None:
+        side = "below" if gap < 0 else "above"
+        text += f"; this model scores {abs(gap):.2f} {side} the IoU it reaches on average over its top-k detections (the reliability diagram above)"
+    text += "."
+    if recall:
+        found = ", ".join(f"{_pct(r)}% at {t}" for t, r in recall.items())
+        text += f" Share of the test objects found (mask IoU >= 0.5) above a score threshold: {found}"
+        node = None if node_threshold is None else recall.get(f"{node_threshold:g}")
+        if node is not None:
+            text += (f"; the node's default threshold of {node_threshold:g} (config/segment.yaml) keeps "
+                     f"{_pct(node)}%, and `make demo` uses 0.1")
+        text += "."
+    return text
+
+
+def render(info: dict, training: dict, latency: dict, flops: dict, calibration_plot: str | None = None,
+           node_threshold: float | None = None) -> str:
     """The card's markdown; `calibration_plot`: a reliability diagram's path relative to the card, linked
-    under the calibration error when given."""
+    under the calibration error when given; `node_threshold`: the node's default score threshold."""
     metrics = info.get("metrics", {})
     image = next((v for k, v in metrics.items() if k.startswith("eval ") and "test" in k), None) or \
         next((v for k, v in metrics.items() if k.startswith("eval ")), {})
@@ -169,10 +200,8 @@ def render(info: dict, training: dict, latency: dict, flops: dict, calibration_p
               f"The schedule: {steps} steps of {recipe.get('batch_size', 8)} images ({steps * recipe.get('batch_size', 8) / 1000:.0f}k "
               f"images seen) on a 2-core CPU, {100 * steps / 24000:.0f}% of the 24k steps the GPU recipe "
               "(`training/recipes/mobius_nano_synth.yaml`) plans, with a backbone trained from scratch (no "
-              "pretrained weights can be downloaded here). The loss was still falling. A calibrated score "
-              "estimates the mask IoU; this under-trained model scores below the IoU it reaches (the reliability "
-              "diagram above), mostly under 0.4: the node's default threshold of 0.4 (config/segment.yaml) hides "
-              "most of its detections, and `make demo` uses 0.1. Continue the run with `mobius train --config "
+              "pretrained weights can be downloaded here). The loss was still falling. "
+              + score_sentences(image, node_threshold) + " Continue the run with `mobius train --config "
               "training/recipes/mobius_nano_synth_cpu.yaml --resume auto optim.max_steps=N "
               "\"optim.milestones=[...]\"` (the lr is a function of the step, so new "
               "milestones restart the schedule), or train the GPU recipe where a GPU is available."]
@@ -198,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                "ms": {threads: onnx_latency(assets.require(assets.ONNX), size, prompts, threads) for threads in (1, 2)}}
     plot = Path(args.out).parent / CALIBRATION_PLOT
     text = render(info, training_summary(Path(args.run), info.get("step")), latency, flops_rows(size, prompts),
-                  CALIBRATION_PLOT if plot.is_file() else None)
+                  CALIBRATION_PLOT if plot.is_file() else None, node_score_threshold())
     text += f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.\n"
     Path(args.out).write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")
