@@ -193,8 +193,8 @@ def test_recall_at_scores_counts_objects_found_above_each_threshold():
     first = detections[0]
     shifted = first.boxes[:1] + [0, 30, 0, 30]
     star = rectangle(5, 5, 30, 40)
-    extra = ImageDetections(1, [0.99] * 4, [2, 1, 1, 1], np.concatenate([first.boxes[:1], shifted] + [first.boxes[:1]] * 2),
-                            np.stack([star, rectangle(5, 35, 30, 70), star, star]))
+    boxes = np.concatenate([first.boxes[:1], shifted] + [first.boxes[:1]] * 2)
+    extra = ImageDetections(1, [0.99] * 4, [2, 1, 1, 1], boxes, np.stack([star, rectangle(5, 35, 30, 70), star, star]))
     recall = recall_at_scores(GT, [extra, *detections[1:]], thresholds=(0.1, 0.95), iou_kind="mask")
     assert recall == {0.1: 0.75, 0.95: 0.25}          # image 1: the star once, the ring missed
     # images without detections count their objects as missed; no objects at all gives None

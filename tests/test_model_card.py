@@ -23,7 +23,7 @@ def test_score_advice_follows_the_recorded_gap_recall_and_node_threshold():
     image = {**INFO["metrics"]["eval test"], "confidence_minus_mask_iou": -0.123,
              "recall_at_score": {"iou": "mask", "hit_iou": 0.5, "recall": {"0.1": 0.61, "0.4": 0.052, "0.5": None}}}
     text = render({**INFO, "metrics": {"eval test": image}}, TRAINING, LATENCY, {"total": 1.41}, node_threshold=0.4)
-    assert "scores 0.12 below the IoU it reaches on average" in text
+    assert "scores 0.12 below the IoU it reaches, on average" in text
     assert "above a score threshold: 61.0% at 0.1, 5.2% at 0.4;" in text
     assert "the node's default threshold of 0.4 (config/segment.yaml) keeps 5.2%" in text
     over = {**image, "confidence_minus_mask_iou": 0.05}

@@ -119,11 +119,12 @@ def score_sentences(image: dict, node_threshold: float | None) -> str:
     text = "A calibrated score estimates the mask IoU"
     if gap is not None:
         side = "below" if gap < 0 else "above"
-        text += f"; this model scores {abs(gap):.2f} {side} the IoU it reaches on average over its top-k detections (the reliability diagram above)"
+        text += (f"; this model scores {abs(gap):.2f} {side} the IoU it reaches, on average over its top-k "
+                 "detections (the reliability diagram above)")
     text += "."
     if recall:
         found = ", ".join(f"{_pct(r)}% at {t}" for t, r in recall.items())
-        text += f" Share of the test objects found (mask IoU >= 0.5) above a score threshold: {found}"
+        text += f" Share of the evaluated objects found (mask IoU >= 0.5) above a score threshold: {found}"
         node = None if node_threshold is None else recall.get(f"{node_threshold:g}")
         if node is not None:
             text += (f"; the node's default threshold of {node_threshold:g} (config/segment.yaml) keeps "
