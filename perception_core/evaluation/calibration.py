@@ -33,6 +33,8 @@ NUM_BINS = 15
 MATCHING = ("best", "greedy")
 IOU_KINDS = ("mask", "box")
 RECALL_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)   # score thresholds of recall_at_scores
+RECALL_HIT_IOU = 0.5                            # the IoU at which recall_at_scores counts an object found
+NO_GROUND_TRUTH = (np.zeros(0, dtype=np.int64), [])   # an image's entry without annotations
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,19 @@ def _ground_truth_by_image(ground_truth: dict, iou_kind: str) -> dict[int, tuple
     return {image: (np.asarray(c, dtype=np.int64), r) for image, (c, r) in grouped.items()}
 
 
+def _checked_ground_truth(ground_truth: str | os.PathLike | dict, detections: Sequence[ImageDetections],
+                          iou_kind: str) -> dict[int, tuple[np.ndarray, list]]:
+    """_ground_truth_by_image of the loaded ground truth, after checking `iou_kind` and that the
+    detections' images and categories are in it."""
+    from .coco_eval import check_detections, load_ground_truth
+
+    if iou_kind not in IOU_KINDS:
+        raise ValueError(f"iou_kind must be one of {IOU_KINDS}, got {iou_kind!r}")
+    data = load_ground_truth(ground_truth)
+    check_detections(data, detections)
+    return _ground_truth_by_image(data, iou_kind)
+
+
 def _iou_matrix(detections: ImageDetections, regions: list, iou_kind: str) -> np.ndarray:
     """(n detections, m gt) IoU."""
     if len(detections) == 0 or not regions:
@@ -132,22 +147,15 @@ def match_ious(ground_truth: str | os.PathLike | dict, detections: Sequence[Imag
                matching: str = "best", min_score: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(confidences (n,), IoUs (n,)) of all detections with score >= min_score, each matched to a
     gt instance of its category (see the module docstring)."""
-    from .coco_eval import check_detections, load_ground_truth
-
-    if iou_kind not in IOU_KINDS:
-        raise ValueError(f"iou_kind must be one of {IOU_KINDS}, got {iou_kind!r}")
     if matching not in MATCHING:
         raise ValueError(f"matching must be one of {MATCHING}, got {matching!r}")
-    data = load_ground_truth(ground_truth)
-    check_detections(data, detections)
-    by_image = _ground_truth_by_image(data, iou_kind)
+    by_image = _checked_ground_truth(ground_truth, detections, iou_kind)
     confidences, ious = [], []
-    empty = (np.zeros(0, dtype=np.int64), [])
     for image in detections:
         keep = image.scores >= min_score
         if not keep.any():
             continue
-        gt_categories, regions = by_image.get(image.image_id, empty)
+        gt_categories, regions = by_image.get(image.image_id, NO_GROUND_TRUTH)
         matrix = _iou_matrix(image, regions, iou_kind)[keep]
         ious.append(_match(image.scores[keep], image.category_ids[keep], gt_categories, matrix, matching))
         confidences.append(image.scores[keep])
@@ -165,22 +173,16 @@ def calibration(ground_truth: str | os.PathLike | dict, detections: Sequence[Ima
 
 def recall_at_scores(ground_truth: str | os.PathLike | dict, detections: Sequence[ImageDetections],
                      thresholds: Sequence[float] = RECALL_THRESHOLDS, iou_kind: str = "mask",
-                     hit_iou: float = 0.5) -> dict[float, float | None]:
+                     hit_iou: float = RECALL_HIT_IOU) -> dict[float, float | None]:
     """threshold t -> share of the ground-truth instances (crowd skipped) that a detection of their
     category finds with score >= t and IoU >= `hit_iou`: what a consumer that drops detections below t
     (the node's score_threshold) still sees. Images without detections count their instances as missed;
     None when there are no instances."""
-    from .coco_eval import check_detections, load_ground_truth
-
-    if iou_kind not in IOU_KINDS:
-        raise ValueError(f"iou_kind must be one of {IOU_KINDS}, got {iou_kind!r}")
-    data = load_ground_truth(ground_truth)
-    check_detections(data, detections)
-    by_image = _ground_truth_by_image(data, iou_kind)
+    by_image = _checked_ground_truth(ground_truth, detections, iou_kind)
     total = sum(len(categories) for categories, _ in by_image.values())
     found = np.zeros(len(thresholds), dtype=np.int64)
     for image in detections:
-        gt_categories, regions = by_image.get(image.image_id, (np.zeros(0, dtype=np.int64), []))
+        gt_categories, regions = by_image.get(image.image_id, NO_GROUND_TRUTH)
         if len(image) == 0 or not regions:
             continue
         hits = (_iou_matrix(image, regions, iou_kind) >= hit_iou) & (image.category_ids[:, None] == gt_categories)

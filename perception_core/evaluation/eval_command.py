@@ -92,7 +92,7 @@ def score(ground_truth: dict, detections: Sequence, categories: Sequence[dict], 
     AP, ECE against mask and box IoU (calibration.py: `matching`, detections >= `min_score`), the
     share of objects found above each score threshold (recall_at_scores), and AP over held-out and
     other compositions."""
-    from .calibration import calibration, recall_at_scores
+    from .calibration import RECALL_HIT_IOU, calibration, recall_at_scores
     from .coco_eval import evaluate_coco
 
     category_ids = [int(c["id"]) for c in categories]
@@ -114,7 +114,7 @@ def score(ground_truth: dict, detections: Sequence, categories: Sequence[dict], 
         metrics["calibration"][kind] = {**calibration(gt, detections, kind, matching, min_score=min_score).to_dict(),
                                         "min_score": min_score}
     kind = "mask" if has_masks else "box"
-    metrics["recall_at_score"] = {"iou": kind, "hit_iou": 0.5,
+    metrics["recall_at_score"] = {"iou": kind, "hit_iou": RECALL_HIT_IOU,
                                   "recall": {f"{t:g}": r for t, r in recall_at_scores(gt, detections,
                                                                                        iou_kind=kind).items()}}
     held = [c for c in category_ids if names[c] in set(holdout)]

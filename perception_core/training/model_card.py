@@ -115,7 +115,8 @@ def node_score_threshold(path: Path = NODE_CONFIG) -> float | None:
 def score_sentences(image: dict, node_threshold: float | None) -> str:
     """What the recorded calibration gap and recall at score thresholds say about choosing a threshold."""
     gap = image.get("confidence_minus_mask_iou")
-    recall = {t: r for t, r in ((image.get("recall_at_score") or {}).get("recall") or {}).items() if r is not None}
+    recorded = image.get("recall_at_score") or {}
+    recall = {t: r for t, r in (recorded.get("recall") or {}).items() if r is not None}
     text = "A calibrated score estimates the mask IoU"
     if gap is not None:
         side = "below" if gap < 0 else "above"
@@ -124,7 +125,8 @@ def score_sentences(image: dict, node_threshold: float | None) -> str:
     text += "."
     if recall:
         found = ", ".join(f"{_pct(r)}% at {t}" for t, r in recall.items())
-        text += f" Share of the evaluated objects found (mask IoU >= 0.5) above a score threshold: {found}"
+        text += (f" Share of the evaluated objects found ({recorded.get('iou')} IoU >= {recorded.get('hit_iou'):g}) "
+                 f"above a score threshold: {found}")
         node = None if node_threshold is None else recall.get(f"{node_threshold:g}")
         if node is not None:
             text += (f"; the node's default threshold of {node_threshold:g} (config/segment.yaml) keeps "
