@@ -52,7 +52,10 @@ SPECS: dict[str, ParamSpec] = {
     "prompt_embeddings": ParamSpec("string", "prompt embeddings file (.safetensors, written by 'mobius prompts'): "
                                              "prompts found in it need no text model (torch); empty = only the "
                                              "shipped defaults' embeddings"),
-    "score_threshold": ParamSpec("double", "instances with a lower confidence are dropped", 0.0, 1.0),
+    "score_threshold": ParamSpec("double", "instances with a lower score are dropped", 0.0, 1.0),
+    "calibrated_scores": ParamSpec("bool", "scores through the calibration stored in the model file ('mobius "
+                                           "calibrate'): a score estimates the mask IoU; false = the model's own "
+                                           "confidence"),
     "prune_schedule": ParamSpec("string", "query pruning schedule (paper Eq. 5-8); empty = the model's own",
                                 choices=("", *SCHEDULES)),
     "prune_bound_low": ParamSpec("double", "pruning threshold b_low; negative = the model's own (set both "
@@ -225,6 +228,7 @@ def processor_config(values: dict[str, Any]) -> Any:
         preset=values["preset"],
         threads=int(values["threads"]),
         score_threshold=float(values["score_threshold"]),
+        calibrated_scores=bool(values["calibrated_scores"]),
         prune_schedule=values["prune_schedule"] or None,
         prune_bounds=None if low < 0 else (float(low), float(high)),
         prune_min_kept=None if values["prune_min_kept"] < 0 else int(values["prune_min_kept"]),

@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("perception_core.training.synth.command", "procedural benchmark data"),
     "train": ("perception_core.training.train_command", "train a model from a recipe"),
     "eval": ("perception_core.evaluation.eval_command", "COCO box/mask AP and calibration"),
+    "calibrate": ("perception_core.evaluation.calibrate_command",
+                  "fit the score calibration on a held-out split and store it in the model file"),
     "eval-video": ("perception_core.evaluation.eval_video_command", "video AP, HOTA, IDF1, ID switches"),
     "demo": ("perception_core.demo", "end-to-end demo on a generated sample clip"),
     "infer": ("perception_core.infer", "segment and track a video, image folder or image; overlay + results json"),

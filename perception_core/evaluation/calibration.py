@@ -191,9 +191,10 @@ def recall_at_scores(ground_truth: str | os.PathLike | dict, detections: Sequenc
     return {float(t): (float(n) / total if total else None) for t, n in zip(thresholds, found)}
 
 
-def reliability_diagram(results: Sequence[CalibrationResult], path: str | os.PathLike, title: str = "") -> Path:
-    """PNG: mean IoU vs mean confidence per bin (one line per result) and the diagonal, with the
-    bin counts underneath."""
+def reliability_diagram(results: Sequence[CalibrationResult], path: str | os.PathLike, title: str = "",
+                        labels: Sequence[str] | None = None) -> Path:
+    """PNG: mean IoU vs mean confidence per bin (one line per result, named by `labels` or by its IoU
+    kind and matching) and the diagonal, with the bin counts underneath."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -203,10 +204,11 @@ def reliability_diagram(results: Sequence[CalibrationResult], path: str | os.Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=(3, 1), sharex=True)
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    for result in results:
+    names = labels or [f"{result.iou_kind} IoU, {result.matching}" for result in results]
+    for name, result in zip(names, results):
         filled = result.counts > 0
         line, = top.plot(result.mean_confidence[filled], result.mean_iou[filled], "o-",
-                         label=f"{result.iou_kind} IoU, {result.matching}: ECE {result.ece:.3f} (n={result.n})")
+                         label=f"{name}: ECE {result.ece:.3f} (n={result.n})")
         # counts per bin as a step outline in the line's colour (several results stay readable)
         bottom.stairs(np.maximum(result.counts, 0.5), result.edges, color=line.get_color())
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="mean IoU with matched ground truth", title=title or "reliability")

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "(default: the json's info.holdout_compositions)")
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="detections kept per image (default 100)")
     parser.add_argument("--no-prune", action="store_true", help="disable inference-time query pruning")
+    parser.add_argument("--raw-scores", action="store_true",
+                        help="score with the model's own confidence, not the score calibration stored in the "
+                             "model file ('mobius calibrate'); AP is the same either way")
     parser.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.add_argument("--calibration-plot", metavar="PNG", help="write a reliability diagram")
@@ -135,7 +138,8 @@ def _fmt(value) -> str:
 def format_table(metrics: dict) -> str:
     """Human-readable summary (AP in percent)."""
     lines = [f"{metrics['images']} images, {metrics['prompts']} prompts, {metrics['detections']} detections"
-             + (f", model {metrics['model']}" if "model" in metrics else "")]
+             + (f", model {metrics['model']}" if "model" in metrics else "")
+             + (f", scores {metrics['scores']}" if "scores" in metrics else "")]
     lines.append(f"{'':6}{'AP':>7}{'AP50':>7}{'AP75':>7}{'APs':>7}{'APm':>7}{'APl':>7}{'AR100':>7}")
     for label, key in (("box", "box"), ("mask", "mask")):
         stats = metrics.get(key)
@@ -170,8 +174,11 @@ def build_runner(args: argparse.Namespace):
     from .. import assets
     from .predict import ModelRunner, load_torch_model
 
+    from ..runtime.score_calibration import read_calibration
+
     if args.onnx:
-        return ModelRunner.from_onnx(args.onnx, args.preset or assets.PRESET, args.threads, not args.no_prune)
+        return ModelRunner.from_onnx(args.onnx, args.preset or assets.PRESET, args.threads, not args.no_prune,
+                                     not args.raw_scores)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -181,7 +188,7 @@ def build_runner(args: argparse.Namespace):
         preset = preset or assets.info().get("preset", assets.PRESET)
     size = args.size or (assets.info().get("size", assets.SIZE) if args.weights is None else 384)
     model = load_torch_model(weights, preset, args.override)
-    return ModelRunner.from_torch(model, size, not args.no_prune)
+    return ModelRunner.from_torch(model, size, not args.no_prune, None if args.raw_scores else read_calibration(weights))
 
 
 def run(args: argparse.Namespace) -> int:

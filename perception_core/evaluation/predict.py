@@ -8,7 +8,8 @@ Every image goes through the deployment path: letterbox to size x size (runtime.
 forward pass with all prompts at once (text encoded once by MiniLM), the model's configured query
 pruning, then runtime.postprocess.to_instances (one label per query: its most confident prompt;
 boxes and masks mapped back to image pixels). The `top_k` most confident queries of each image are
-kept, with no score threshold, as COCO AP expects.
+kept, with no score threshold, as COCO AP expects. Scores go through the runner's score calibration
+(the map stored in the model file, runtime/score_calibration.py) when it has one, as in the runtime.
 """
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from .detections import ImageDetections, to_rles
+
+if TYPE_CHECKING:
+    from ..runtime.score_calibration import ScoreCalibration
 
 log = logging.getLogger(__name__)
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -68,17 +72,26 @@ def _checkpoint_model_config(path: Path, overrides: Sequence[str]):
 class ModelRunner:
     """One forward pass per image: decode(images (1, 3, S, S) float32, text) -> outputs without the
     batch dimension: pred_logits (N, P), pred_boxes (N, 4) cxcywh in [0, 1], pred_masks
-    (N, S/4, S/4) logits, kept_per_layer (L,)."""
+    (N, S/4, S/4) logits, kept_per_layer (L,). `calibration` maps the scores (None: raw confidence)."""
     decode: Callable[[np.ndarray, object], dict[str, np.ndarray]]
     size: int
     max_tokens: int
     description: str
+    calibration: "ScoreCalibration | None" = None
+
+    @property
+    def scores(self) -> str:
+        """What the detection scores are, for reports: 'raw' or 'calibrated (a, b)'."""
+        if self.calibration is None:
+            return "raw"
+        return f"calibrated (a={self.calibration.a:.3f}, b={self.calibration.b:.3f})"
 
     @staticmethod
-    def from_torch(model, size: int = 384, prune: bool = True) -> "ModelRunner":
+    def from_torch(model, size: int = 384, prune: bool = True, calibration: "ScoreCalibration | None" = None
+                   ) -> "ModelRunner":
         """A Mobius model (torch); prune=False disables its query pruning. The model is switched to
         its deployment graph (model.deploy(): eval mode, last-layer outputs only); a training loop
-        evaluating mid-run should pass a copy."""
+        evaluating mid-run should pass a copy. `calibration`: read_calibration(weights file) or None."""
         import torch
 
         from ..model.decoder import PruneSettings
@@ -95,16 +108,20 @@ class ModelRunner:
             return {name: out[name][0].numpy() if name != "kept_per_layer" else out[name].numpy()
                     for name in ("pred_logits", "pred_boxes", "pred_masks", "kept_per_layer")}
 
-        return ModelRunner(decode, size, model.config.text.max_tokens, f"torch {model.config.name}")
+        return ModelRunner(decode, size, model.config.text.max_tokens, f"torch {model.config.name}", calibration)
 
     @staticmethod
     def from_onnx(path: str | os.PathLike, preset: str = "mobius_nano", threads: int = 2,
-                  prune: bool = True) -> "ModelRunner":
+                  prune: bool = True, calibrated: bool = True) -> "ModelRunner":
         """An exported model (onnxruntime). Its pruning thresholds come from `preset`'s config when
-        the graph matches it (width and depth), else pruning is off (with a warning)."""
+        the graph matches it (width and depth), else pruning is off (with a warning). calibrated:
+        apply the score calibration stored in the file, if any."""
         from ..runtime.onnx_engine import OnnxEngine
+        from ..runtime.score_calibration import calibration_from_metadata
 
         engine = OnnxEngine(path, threads=threads)  # FileNotFoundError / ValueError with the fix
+        metadata = engine.session.get_modelmeta().custom_metadata_map
+        calibration = calibration_from_metadata(metadata, f"model file '{path}'") if calibrated else None
         thresholds, min_kept, max_tokens = _onnx_settings(engine, preset, prune)
         hidden = engine.hidden_dim
 
@@ -117,7 +134,7 @@ class ModelRunner:
             return {name: out[name][0] if name != "kept_per_layer" else out[name]
                     for name in ("pred_logits", "pred_boxes", "pred_masks", "kept_per_layer")}
 
-        return ModelRunner(decode, engine.size, max_tokens, f"onnx {Path(path).name}")
+        return ModelRunner(decode, engine.size, max_tokens, f"onnx {Path(path).name}", calibration)
 
 
 def _check_size(size: int) -> None:
@@ -166,7 +183,10 @@ def detect_image(runner: ModelRunner, image: np.ndarray, text, category_ids: np.
     instances = to_instances(out["pred_logits"], out["pred_boxes"], out["pred_masks"], letterbox, 0.0, top_k)
     height, width = image.shape[:2]
     masks = np.stack([inst.mask for inst in instances]) if instances else np.zeros((0, height, width), bool)
-    detections = ImageDetections(image_id, [inst.score for inst in instances],
+    scores = np.asarray([inst.score for inst in instances], np.float64)
+    if runner.calibration is not None:   # strictly increasing: the top-k and the labels stay the same
+        scores = runner.calibration(scores)
+    detections = ImageDetections(image_id, scores.tolist(),
                                  category_ids[[inst.label for inst in instances]].reshape(-1),
                                  np.asarray([inst.box for inst in instances], np.float64).reshape(-1, 4),
                                  to_rles(masks, image_id))
@@ -199,6 +219,6 @@ def predict_coco(runner: ModelRunner, data: dict, image_root: str | os.PathLike,
         found, kept_per_layer = detect_image(runner, image, text, ids, int(record["id"]), top_k)
         detections.append(found)
         kept.append(np.asarray(kept_per_layer, dtype=np.float64))
-    stats = {"images": len(records), "model": runner.description, "size": runner.size,
+    stats = {"images": len(records), "model": runner.description, "size": runner.size, "scores": runner.scores,
              "kept_per_layer_mean": np.mean(kept, axis=0).tolist() if kept else []}
     return detections, stats

@@ -62,7 +62,7 @@ def confidence_gap(result: dict) -> float | None:
 def image_summary(metrics: dict, data_path: str) -> dict:
     """The model-card numbers of `mobius eval`."""
     summary = {"data": str(data_path), "images": metrics["images"], "prompts": metrics["prompts"],
-               "model": metrics.get("model"), "size": metrics.get("size"),
+               "model": metrics.get("model"), "size": metrics.get("size"), "scores": metrics.get("scores"),
                "kept_per_layer_mean": metrics.get("kept_per_layer_mean")}
     for kind in ("box", "mask"):
         stats = metrics.get(kind) or {}

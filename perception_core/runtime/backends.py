@@ -13,7 +13,8 @@ frame processor never knows which one runs:
     has_coarse              whether decode returns mask_coarse (graphs exported before it lack it)
 
 Attributes: size (square input side), hidden_dim (C), num_layers (L), model_config (ModelConfig of
-the loaded model, or None when an ONNX file does not match the preset), name.
+the loaded model, or None when an ONNX file does not match the preset), score_calibration (the map
+`mobius calibrate` stored in the model file, or None; score_calibration.py), name.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 from .io_names import (LATERAL_GRAPH, LATERAL_OUTPUT_NAMES, MASK_GRAPH, MASK_INPUT_NAMES, MASK_OUTPUT_NAMES,
                        OUTPUT_NAMES, Companion, mask_graph_path)
 from .onnx_engine import OnnxEngine, load_error, session_options
+from .score_calibration import calibration_from_metadata, read_calibration
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -39,6 +41,7 @@ class Backend:
     num_layers: int
     model_config = None
     has_coarse = True
+    score_calibration = None
 
     def decode(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -65,6 +68,8 @@ class OnnxBackend(Backend):
         self.size, self.hidden_dim, self.num_layers = self.engine.size, self.engine.hidden_dim, self.engine.num_layers
         self.model_config = _matching_config(preset, self.hidden_dim, self.num_layers)
         self.has_coarse = "mask_coarse" in self.engine.output_names
+        self.score_calibration = calibration_from_metadata(
+            self.engine.session.get_modelmeta().custom_metadata_map, f"model file '{self.path}'")
         self._sessions: dict[str, object] = {}
 
     def decode(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -144,6 +149,7 @@ class TorchBackend(Backend):
         if size <= 0 or size % 32:
             raise ValueError(f"input size {size} must be a positive multiple of 32")
         model = load_weights(build_from_name(preset), weights)  # FileNotFoundError / ValueError
+        self.score_calibration = read_calibration(weights)
         self.model = model.deploy()
         self.mask_graph = MaskGraph(self.model)
         self.lateral_graph = LateralGraph(self.model)

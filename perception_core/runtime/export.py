@@ -111,6 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..model.build import build_from_name, load_weights
+    from .score_calibration import read_calibration, write_calibration
 
     if args.size % 32:
         raise SystemExit(f"--size {args.size} must be a multiple of 32")
@@ -120,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
     path = export_onnx(model, args.out, args.size, args.sampler)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {OPSET}, sampler {args.sampler}, "
           f"inputs {list(INPUT_NAMES)})")
+    calibration = read_calibration(args.weights) if args.weights else None
+    if calibration is not None:   # the weights' score calibration (mobius calibrate) goes with the graph
+        write_calibration(path, calibration)
+        print(f"copied the score calibration of {args.weights} (a={calibration.a:.3f}, b={calibration.b:.3f})")
     if args.reuse_graphs:
         from .export_kernels import export_reuse_graphs
 

@@ -13,6 +13,10 @@ bottleneck) and run only the backbone's first stage and the stride-4 lateral pro
 fifteenth of the mask graph (export_kernels.LateralGraph); each object's coarse part is moved after
 it by the shift at which it agrees with the fresh stride-4 part (runtime/motion.py).
 
+Scores: a query's confidence in its best prompt, passed through the score calibration stored in the
+model file (`mobius calibrate`, score_calibration.py) unless calibrated_scores is False; score_threshold
+and the tracker's keep_score apply to that score.
+
 Prompts: `set_prompts` validates and encodes the text once (MiniLM with an LRU cache, or the shipped
 embeddings for assets.DEFAULT_PROMPTS); the new prompts take effect on the next `process` call.
 """
@@ -42,6 +46,7 @@ class ProcessorConfig:
     preset: str = "mobius_nano"      # model config for the torch backend (and pruning defaults of onnx)
     threads: int = 2                 # inference threads
     score_threshold: float = 0.4     # instances below are dropped (carried tracks use tracker.keep_score)
+    calibrated_scores: bool = True   # scores through the model file's fitted map (score_calibration.py), if any
     prune_schedule: str | None = None  # None = the model config's; else "sigmoid"|"exp"|"log"
     prune_bounds: tuple[float, float] | None = None  # (b_low, b_high); None = the model config's
     prune_min_kept: int | None = None  # None = the model config's
@@ -116,6 +121,7 @@ class FrameProcessor:
         self.config = config
         self.backend = make_backend(config.backend, config.model, config.threads, config.preset, config.size)
         self._pruning = _prune_inputs(config, self.backend)
+        self._calibration = self.backend.score_calibration if config.calibrated_scores else None
         self._lateral = config.reuse_bottleneck            # kernel_reuse >= 2 (ProcessorConfig)
         if self._lateral and not self.backend.has_coarse:
             raise ValueError(f"reuse_bottleneck needs a model graph with the output 'mask_coarse', which "
@@ -237,6 +243,8 @@ class FrameProcessor:
         probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -50.0, 50.0)))
         labels = probs.argmax(axis=1)
         scores = probs[np.arange(len(probs)), labels]
+        if self._calibration is not None:                                # strictly increasing: same labels
+            scores = self._calibration(scores)
         origin = out["kept_indices"]
         low = valid_mask_region(out["pred_masks"][0], letterbox) > 0     # (N, h, w) bool
         keep, threshold = self.config.tracker.keep_score, self.config.score_threshold

@@ -24,8 +24,12 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-embeddings", metavar="FILE",
                         help="prompt embeddings file written by 'mobius prompts': prompts found in it need no text "
                              "model (torch) here; the shipped defaults need none either")
+    parser.add_argument("--raw-scores", action="store_true",
+                        help="score with the model's own confidence instead of the score calibration stored in the "
+                             "model file ('mobius calibrate'); thresholds then apply to that confidence")
 
 
 def stream_settings(args: argparse.Namespace) -> dict:
     """ProcessorConfig keyword arguments of add_stream_arguments."""
-    return {**reuse_settings(args), "prompt_embeddings": args.prompt_embeddings}
+    return {**reuse_settings(args), "prompt_embeddings": args.prompt_embeddings,
+            "calibrated_scores": not args.raw_scores}
