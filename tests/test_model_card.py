@@ -25,7 +25,7 @@ def test_score_advice_follows_the_recorded_gap_recall_and_node_threshold():
     text = render({**INFO, "metrics": {"eval test": image}}, TRAINING, LATENCY, {"total": 1.41}, node_threshold=0.4)
     assert "scores 0.12 below the IoU it reaches, on average" in text
     assert "above a score threshold: 61.0% at 0.1, 5.2% at 0.4;" in text
-    assert "the node's default threshold of 0.4 (config/segment.yaml) keeps 5.2%" in text
+    assert "the node's default threshold of 0.4 (config/segment.yaml, also used by `make demo`) keeps 5.2%" in text
     over = {**image, "confidence_minus_mask_iou": 0.05}
     text = render({**INFO, "metrics": {"eval test": over}}, TRAINING, LATENCY, {}, node_threshold=0.3)
     assert "scores 0.05 above the IoU" in text and "keeps" not in text    # no recall recorded at 0.3
@@ -40,3 +40,24 @@ def test_node_threshold_comes_from_the_shipped_yaml_and_the_gap_from_calibration
     bins = {"counts": [2, 0, 1], "mean_confidence": [0.1, None, 0.7], "mean_iou": [0.3, None, 0.4]}
     assert confidence_gap(bins) == (2 * (0.1 - 0.3) + (0.7 - 0.4)) / 3
     assert confidence_gap({"counts": [0, 0], "mean_confidence": [None, None], "mean_iou": [None, None]}) is None
+
+
+def test_card_states_the_stored_score_calibration_or_its_absence():
+    record = {"a": 0.9418, "b": 1.0502, "fit_on": "data/synth/val/instances.json", "images": 300, "detections": 6000,
+              "ece_raw": 0.1499, "ece_calibrated": 0.0403}
+    calibrated = {**INFO["metrics"]["eval test"], "scores": "calibrated (a=0.942, b=1.050)"}
+    text = render({**INFO, "metrics": {"eval test": calibrated}}, TRAINING, LATENCY, {}, score_calibration=record)
+    assert "s' = sigmoid(0.942 logit(s) + 1.050), fitted on `data/synth/val/instances.json` (300 images" in text
+    assert "the ECE went from 0.1499 (raw) to 0.0403" in text and "recorded with raw scores" not in text
+    raw = {**calibrated, "scores": "raw"}
+    assert "recorded with raw scores" in render({**INFO, "metrics": {"eval test": raw}}, TRAINING, LATENCY, {},
+                                                score_calibration=record)
+    assert "no `mobius calibrate` fit is stored" in render(INFO, TRAINING, LATENCY, {})
+
+
+def test_card_splits_the_steps_of_a_fine_tuned_model():
+    tuned = {**INFO, "step": 11600, "init_step": 9800, "init_weights": "perception_core/assets/mobius_nano.safetensors"}
+    assert ("Trained for 11600 steps (0 skipped): 9800 before, then 1800 in a run started from those weights "
+            "(`model.init_weights=perception_core/assets/mobius_nano.safetensors`).") in render(tuned, TRAINING,
+                                                                                                LATENCY, {})
+    assert "Trained for 4200 steps (0 skipped)." in render(INFO, TRAINING, LATENCY, {})

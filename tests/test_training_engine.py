@@ -370,6 +370,51 @@ def test_resume_repeats_the_uninterrupted_run(tiny_data, tmp_path, prompt_embedd
     assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
 
 
+def test_ship_then_fine_tune_from_the_shipped_weights_and_ship_again(tiny_data, tmp_path, prompt_embeddings):
+    """ship.py on a real 3-step run: model.json carries the run's metrics.csv summary (the card needs no
+    run folder) and the files no score calibration. A run with model.init_weights = those weights starts
+    from them, and shipping it counts the earlier steps."""
+    from safetensors.torch import load_file
+
+    from perception_core.runtime.onnx_engine import OnnxEngine
+    from perception_core.runtime.score_calibration import read_calibration
+    from perception_core.training.ship import ship
+
+    engine.train(tiny_config(tiny_data, tmp_path / "run", "optim.max_steps=3"), device="cpu",
+                 prompt_embeddings=prompt_embeddings, show_progress=False)
+    assets = tmp_path / "assets"
+    info = ship(tmp_path / "run" / "checkpoints" / "last.pt", assets, size=128)
+    assert info["step"] == 3 and info["training"]["steps"] == 3 and info["training"]["hours"] > 0
+    assert math.isfinite(info["training"]["first_loss"]) and math.isfinite(info["training"]["last_loss"])
+    assert json.loads((assets / "model.json").read_text())["training"] == info["training"]
+    weights, onnx = assets / f"{info['preset']}.safetensors", assets / f"{info['preset']}.onnx"
+    assert OnnxEngine(onnx, threads=1).size == 128
+    assert read_calibration(onnx) is None and read_calibration(weights) is None
+
+    config = tiny_config(tiny_data, tmp_path / "fine_tune", "optim.max_steps=1", f"model.init_weights={weights}")
+    engine.train(config, device="cpu", prompt_embeddings=prompt_embeddings, show_progress=False)
+    tuned = engine.load_checkpoint(tmp_path / "fine_tune" / "checkpoints" / "last.pt")
+    start = load_file(str(weights))
+    # one AdamW step moves each weight by about the step's lr at most: it started from the shipped weights
+    # (BatchNorm's running statistics are buffers that the step's forward pass updates: left out)
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    largest = max(float((tuned["model"][name] - tensor).abs().max()) for name, tensor in start.items()
+                  if not name.endswith(buffers))
+    assert largest <= 2 * engine.lr_at(1, config.optim)
+    again = ship(tmp_path / "fine_tune" / "checkpoints" / "last.pt", assets, size=128)
+    assert (again["step"], again["init_step"], again["training"]["steps"]) == (4, 3, 4)
+    assert again["training"]["first_loss"] == info["training"]["first_loss"]
+
+    with pytest.raises(ConfigError, match="model.init_weights: file .* not found"):   # refused when loaded
+        tiny_config(tiny_data, tmp_path / "broken", f"model.init_weights={tmp_path / 'missing.safetensors'}")
+    wrong = tmp_path / "wrong.safetensors"      # weights of another architecture: refused before any step
+    wrong.write_bytes((assets / "default_prompts.safetensors").read_bytes())
+    with pytest.raises(ConfigError, match="model.init_weights: .*wrong.safetensors"):
+        engine.train(tiny_config(tiny_data, tmp_path / "broken", f"model.init_weights={wrong}"), device="cpu",
+                     prompt_embeddings=prompt_embeddings, show_progress=False)
+    assert not (tmp_path / "broken" / "checkpoints").exists()
+
+
 # ----------------------------------------------------------------------------- DDP
 
 def free_port() -> int:

@@ -368,7 +368,10 @@ def train(config: TrainConfig, device: str | None = None, resume: str | os.PathL
     if len(prompts) != len(names):
         raise ConfigError(f"{len(prompts)} prompt embeddings for {len(names)} categories")
     torch.manual_seed(config.seed)
-    model = build_model(model_config).to(info.device)
+    model = build_model(model_config)
+    if checkpoint is None and config.model.init_weights:
+        _load_init_weights(model, config.model.init_weights)
+    model = model.to(info.device)
     optimizer = build_optimizer(model, config.optim)
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
     torch.manual_seed(config.seed + info.rank)  # the training RNG (point sampling), per rank
@@ -384,6 +387,17 @@ def train(config: TrainConfig, device: str | None = None, resume: str | os.PathL
     logger = MetricsLogger(output_dir, config, info.is_main, run.state.step)
     hooks = StepHooks(output_dir, val_loader, logger)
     return _run_epochs(run, loader, sampler, logger, hooks, show_progress and info.is_main)
+
+
+def _load_init_weights(model: nn.Module, path: str) -> None:
+    """model.init_weights into the freshly built model; ConfigError when they do not fit it."""
+    from ..model.build import load_weights
+
+    try:
+        load_weights(model, path)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"model.init_weights: {error}") from None
+    log.info("started from the weights in '%s'", path)
 
 
 def _run_epochs(run: Run, loader: DataLoader, sampler: SeededDistributedSampler, logger: MetricsLogger,

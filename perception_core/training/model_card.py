@@ -2,8 +2,10 @@
 
     python -m perception_core.training.model_card [--run runs/mobius_nano_synth_cpu] [--out docs/MODEL_CARD.md]
 
-Sources: the shipped model.json (recipe, step, the metrics `mobius eval --record` and
-`mobius eval-video --record` stored), the training run's metrics.csv (time per step, loss curve),
+Sources: the shipped model.json (recipe, step, the training summary ship.py took from the run's
+metrics.csv, the metrics `mobius eval --record` and `mobius eval-video --record` stored), the score
+calibration stored in the shipped ONNX (`mobius calibrate`), the training run's metrics.csv when
+model.json has no training summary (time per step, loss curve),
 count_flops of the shipped preset, and an onnxruntime latency measurement of the shipped ONNX at
 its input size on 1 and 2 threads (median of repeats, the load average noted). A reliability diagram
 next to the card (CALIBRATION_PLOT, written by `mobius eval ... --calibration-plot docs/model_card_calibration.png`)
@@ -99,6 +101,15 @@ def flops_rows(size: int, prompts: int) -> dict:
     return {name: getattr(report, name) for name in names}
 
 
+def _lineage(info: dict) -> str:
+    """How a fine-tuned model's steps split: those of the model it started from, then its own run."""
+    before = info.get("init_step")
+    if not before:
+        return ""
+    return (f": {before} before, then {info['step'] - before} in a run started from those weights "
+            f"(`model.init_weights={info.get('init_weights')}`)")
+
+
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
@@ -110,6 +121,14 @@ def node_score_threshold(path: Path = NODE_CONFIG) -> float | None:
     if not path.is_file():
         return None
     return float(yaml.safe_load(path.read_text(encoding="utf-8"))["/**"]["ros__parameters"]["score_threshold"])
+
+
+def stored_calibration() -> dict | None:
+    """The shipped ONNX's score calibration as a plain dict (a, b, fit record), None without one."""
+    from ..runtime.score_calibration import read_calibration
+
+    calibration = read_calibration(assets.ONNX) if assets.ONNX.is_file() else None
+    return None if calibration is None else {"a": calibration.a, "b": calibration.b, **calibration.fit_info}
 
 
 def score_sentences(image: dict, node_threshold: float | None) -> str:
@@ -129,16 +148,32 @@ def score_sentences(image: dict, node_threshold: float | None) -> str:
                  f"above a score threshold: {found}")
         node = None if node_threshold is None else recall.get(f"{node_threshold:g}")
         if node is not None:
-            text += (f"; the node's default threshold of {node_threshold:g} (config/segment.yaml) keeps "
-                     f"{_pct(node)}%, and `make demo` uses 0.1")
+            text += (f"; the node's default threshold of {node_threshold:g} (config/segment.yaml, also used by "
+                     f"`make demo`) keeps {_pct(node)}%")
         text += "."
     return text
 
 
+def calibration_sentence(record: dict | None, scores: str | None) -> str:
+    """What the reported scores are: the stored score calibration (`record`: a, b and its fit_info) or raw;
+    `scores`: what the recorded evaluation used ('raw' or 'calibrated (...)')."""
+    if record is None:
+        return "- Scores are the model's own confidence: no `mobius calibrate` fit is stored in the model files."
+    text = (f"- Scores are calibrated after training (`mobius calibrate`, stored in the model files): "
+            f"s' = sigmoid({record['a']:.3f} logit(s) + {record['b']:.3f}), fitted on `{record.get('fit_on')}` "
+            f"({record.get('images')} images, {record.get('detections')} detections), where the ECE went from "
+            f"{record.get('ece_raw', float('nan')):.4f} (raw) to {record.get('ece_calibrated', float('nan')):.4f}. "
+            "Being increasing, the map leaves AP unchanged; it changes what a score threshold keeps.")
+    if scores and scores.startswith("raw"):
+        text += " The numbers above were recorded with raw scores (`--raw-scores`)."
+    return text
+
+
 def render(info: dict, training: dict, latency: dict, flops: dict, calibration_plot: str | None = None,
-           node_threshold: float | None = None) -> str:
+           node_threshold: float | None = None, score_calibration: dict | None = None) -> str:
     """The card's markdown; `calibration_plot`: a reliability diagram's path relative to the card, linked
-    under the calibration error when given; `node_threshold`: the node's default score threshold."""
+    under the calibration error when given; `node_threshold`: the node's default score threshold;
+    `score_calibration`: the stored calibration (a, b and its fit record), None when there is none."""
     metrics = info.get("metrics", {})
     image = next((v for k, v in metrics.items() if k.startswith("eval ") and "test" in k), None) or \
         next((v for k, v in metrics.items() if k.startswith("eval ")), {})
@@ -158,7 +193,7 @@ def render(info: dict, training: dict, latency: dict, flops: dict, calibration_p
         "`mobius_nano.masks.onnx` (kernel reuse), `mobius_nano.lateral.onnx` (bottleneck reuse), "
         "`default_prompts.safetensors` "
         f"({', '.join(info.get('default_prompts', []))}).",
-        f"- Trained for {info.get('step')} steps ({info.get('skipped_steps', 0)} skipped).", "",
+        f"- Trained for {info.get('step')} steps ({info.get('skipped_steps', 0)} skipped)" + _lineage(info) + ".", "",
         "## Data and recipe", "",
         "The procedural benchmark (`mobius data synth`, normal difficulty): 8 shapes x 8 colours, textured and "
         "photo backgrounds, occlusion, blur, JPEG artifacts. Held out of training (never shown, not even as "
@@ -191,6 +226,7 @@ def render(info: dict, training: dict, latency: dict, flops: dict, calibration_p
                   (f" Reliability diagram (`mobius eval --calibration-plot`): ![calibration]({calibration_plot})"
                    if calibration_plot else ""),
                   f"- Kept queries per decoder layer (mean over the images): {image.get('kept_per_layer_mean', 'n/a')}.",
+                  calibration_sentence(score_calibration, image.get("scores")),
                   "- Target (issue 4): mask AP >= 70 on a fresh normal-difficulty test split."]
     else:
         lines.append("No `mobius eval --record` result is stored yet.")
@@ -229,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     latency = {"load": f"{os.getloadavg()[0]:.1f}",
                "ms": {threads: onnx_latency(assets.require(assets.ONNX), size, prompts, threads) for threads in (1, 2)}}
     plot = Path(args.out).parent / CALIBRATION_PLOT
-    text = render(info, training_summary(Path(args.run), info.get("step")), latency, flops_rows(size, prompts),
-                  CALIBRATION_PLOT if plot.is_file() else None, node_score_threshold())
+    training = info.get("training") or training_summary(Path(args.run), info.get("step"))
+    text = render(info, training, latency, flops_rows(size, prompts), CALIBRATION_PLOT if plot.is_file() else None,
+                  node_score_threshold(), stored_calibration())
     text += f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.\n"
     Path(args.out).write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")

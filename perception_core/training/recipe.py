@@ -28,6 +28,8 @@ AMP_MODES = ("auto", "on", "off")  # auto: mixed precision on CUDA only
 class ModelSection:
     preset: str = "mobius_nano"                           # name in config/models/ or a YAML path
     overrides: Mapping[str, Any] = field(default_factory=dict)  # nested keys merged over the preset
+    init_weights: str | None = None     # start from these weights (.safetensors or weights-only .pt), e.g. the
+                                        # shipped model to fine-tune; a resumed run takes its checkpoint's instead
 
     def build_config(self) -> ModelConfig:
         """The ModelConfig of preset + overrides; ConfigError on unknown keys or bad values."""
@@ -220,6 +222,9 @@ def validate(config: TrainConfig, check_paths: bool = True) -> ModelConfig:
            "set both data.val_annotations and data.val_images, or neither")
     if check_paths:
         check_data_paths(config.data)
+        init = config.model.init_weights
+        _check(init is None or Path(init).is_file(), f"model.init_weights: file '{init}' not found; point it at "
+               f".safetensors weights (e.g. perception_core/assets/mobius_nano.safetensors) or leave it unset")
     return model_config
 
 

@@ -8,8 +8,14 @@ writes, next to each other:
     mobius_nano.masks.onnx       its kernel-reuse mask graph (runtime/export_kernels.py)
     mobius_nano.lateral.onnx     its bottleneck-reuse lateral graph (runtime/export_kernels.py)
     default_prompts.safetensors  MiniLM embeddings of assets.DEFAULT_PROMPTS
-    model.json                   preset, size, training step, prompts trained on, recipe; metrics are
-                                 added later by `mobius eval ... --record` (see docs/MODEL_CARD.md)
+    model.json                   preset, size, training step, prompts trained on, recipe, the run's
+                                 training summary (metrics.csv beside checkpoints/: steps, hours, loss);
+                                 for a run started from a shipped model (model.init_weights), its steps
+                                 and hours are added to the new model's (init_weights, init_step);
+                                 metrics are added later by `mobius eval ... --record` (docs/MODEL_CARD.md)
+
+The files carry no score calibration: fit one for the new weights with `mobius calibrate --data
+data/synth/val/instances.json` (it writes into the shipped .onnx and .safetensors).
 """
 from __future__ import annotations
 
@@ -29,10 +35,12 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     from ..runtime.export import export_onnx
     from ..runtime.export_kernels import export_reuse_graphs
     from .engine import load_checkpoint
+    from .model_card import training_summary
     from .recipe import ModelSection
 
     contents = load_checkpoint(checkpoint)
     config = contents["config"]
+    before = _starting_point(config)      # read before `out` (perhaps the same folder) is rewritten
     model_config = ModelSection(config["model"]["preset"], config["model"].get("overrides") or {}).build_config()
     model = build_model(model_config)
     model.load_state_dict(contents["model"])
@@ -48,9 +56,11 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     encoder = MiniLMTextEncoder(max_tokens=model_config.text.max_tokens)
     save_prompt_embeddings(out / assets.PROMPT_EMBEDDINGS.name, prompts, encoder.encode(prompts))
     trained_on = _category_names(config["data"]["train_annotations"], config["data"].get("prompts"))
-    info = {"preset": model_config.name, "size": size, "step": int(contents["step"]),
+    run = training_summary(Path(checkpoint).resolve().parents[1], int(contents["step"]))
+    info = {"preset": model_config.name, "size": size, "step": before.get("step", 0) + int(contents["step"]),
             "skipped_steps": int(contents["skipped_steps"]), "default_prompts": prompts,
-            "trained_prompts": trained_on, "recipe": config, "metrics": {}}
+            "trained_prompts": trained_on, "recipe": config, **_lineage(before),
+            "training": _combined(before.get("training") or {}, run), "metrics": {}}
     previous = out / assets.INFO.name
     if previous.is_file():  # keep metrics recorded for the same step
         old = json.loads(previous.read_text())
@@ -61,6 +71,34 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
         if path.suffix in (".onnx", ".safetensors", ".json"):
             path.chmod(0o644)
     return info
+
+
+def _starting_point(config: dict) -> dict:
+    """The model.json beside the run's model.init_weights (the shipped model it was fine-tuned from), or {}:
+    its steps and training time count towards the new model's."""
+    init = (config.get("model") or {}).get("init_weights")
+    if not init:
+        return {}
+    beside = Path(init).with_name(assets.INFO.name)
+    try:
+        prior = json.loads(beside.read_text())
+    except (OSError, ValueError):
+        return {"init_weights": init}
+    if prior.get("preset") != config["model"]["preset"]:
+        return {"init_weights": init}
+    return {"init_weights": init, "step": int(prior.get("step") or 0), "training": prior.get("training")}
+
+
+def _lineage(before: dict) -> dict:
+    return {"init_weights": before["init_weights"], "init_step": before.get("step")} if before else {}
+
+
+def _combined(before: dict, run: dict) -> dict:
+    """Training summary of the steps before (a fine-tuned model's start) and of this run."""
+    if not before or not run:
+        return run or before
+    return {"steps": before["steps"] + run["steps"], "hours": before["hours"] + run["hours"],
+            "first_loss": before["first_loss"], "last_loss": run["last_loss"]}
 
 
 def _category_names(annotation_file: str, policy: str | None) -> list[str]:
