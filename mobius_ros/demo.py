@@ -40,10 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=".onnx or .safetensors model; default: the shipped model")
     parser.add_argument("--prompts", help="comma-separated prompts; default: the compositions in the generated clip")
     parser.add_argument("--timeout", type=float, default=55.0, help="stop after this many seconds in any case")
-    # The shipped model is under-trained (docs/MODEL_CARD.md): its calibrated scores (expected IoU)
-    # sit around 0.1-0.2 on objects it finds, below the node's default of 0.4 in config/segment.yaml.
-    parser.add_argument("--score-threshold", type=float, default=0.1,
-                        help="score threshold for the demo (default 0.1; the node's own default is in the YAML)")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="score threshold (default: the node's, score_threshold in config/segment.yaml)")
     add_reuse_arguments(parser)         # the node parameters kernel_reuse and reuse_bottleneck
 
 
@@ -237,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["prompts"] = sorted({composition_name(t["attributes"]["shape"], t["attributes"]["color"])
                                        for t in tracks})
         print(f"[ros-demo] prompts: the clip's objects {overrides['prompts']}", flush=True)
-    overrides.setdefault("score_threshold", args.score_threshold)
+    if args.score_threshold is not None:
+        overrides.setdefault("score_threshold", args.score_threshold)
     if args.kernel_reuse != 1 or args.reuse_bottleneck:
         overrides.update(reuse_settings(args))
     overrides.update(input_topic=CAMERA_TOPIC, autostart=False)

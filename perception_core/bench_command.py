@@ -9,10 +9,10 @@ frames, the per-clip mean frame time is taken per repeat and the median over rep
 the same table into docs/BENCHMARKS.md (bench/perf_runtime.py).
 
 The clip's own categories are the prompts (unless --prompts names others). The shipped default model
-is used when present, at make demo's score threshold of 0.1 (the runtime's 0.4 hides its low
-calibrated scores, and frames between keyframes with nothing tracked skip inference, so kernel reuse
-would be measured on empty frames; the section warns when that happens); otherwise mobius_nano with
-random weights is exported to a temporary folder, its classifier bias shifted so that about 8
+is used when present, at the runtime's score threshold (its scores are calibrated, `mobius calibrate`;
+frames between keyframes with nothing tracked skip inference, so kernel reuse measured where nothing
+passes the threshold is an upper bound: the section warns when that happens); otherwise mobius_nano
+with random weights is exported to a temporary folder, its classifier bias shifted so that about 8
 queries of the first frame pass the runtime's threshold.
 """
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 STAGES = ("preprocess", "inference", "postprocess", "tracking", "total")
-SHIPPED_THRESHOLD = 0.1   # make demo's: the under-trained shipped model scores 0.1-0.2 (docs/MODEL_CARD.md)
 
 
 @dataclass(frozen=True)
@@ -228,8 +227,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=384, help="network input size (random-weights model only)")
     parser.add_argument("--prompts", default="", help="comma-separated prompts (default: the clip's own categories)")
     parser.add_argument("--score-threshold", type=float, default=None,
-                        help="score threshold and tracker keep_score (default: 0.1 for the shipped model, as in "
-                             "'make demo': its calibrated scores are low; the runtime's own for random weights)")
+                        help="score threshold and tracker keep_score (default: the runtime's own)")
     parser.add_argument("--backends", default="onnx,torch", help="comma-separated subset of onnx,torch")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--kernel-reuse", default="1,3,3b",
@@ -264,8 +262,6 @@ def measure(args: argparse.Namespace) -> str:
         model = bench_model(Path(folder), args.size, frames[0], prompts)
         size = 384 if model.trained else args.size
         threshold = args.score_threshold
-        if threshold is None and model.trained:
-            threshold = SHIPPED_THRESHOLD
         rows = []
         for backend, threads, reuse, bottleneck in tqdm(configs, desc="bench configurations", unit="config"):
             rows.append(run_config(model, frames, prompts, backend, threads, reuse, args.repeats, args.warmup, size,
