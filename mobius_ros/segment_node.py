@@ -168,7 +168,7 @@ class SegmentNode(LifecycleNode):
             self._out_pubs["detections"] = self.create_lifecycle_publisher(
                 self._types.detections[0], "~/detections", OUTPUT_QOS)
         model = config.model or f"the shipped default ({config.backend})"
-        self.get_logger().info(f"configured: model {model}, prompts {processor.prompts}, "
+        self.get_logger().info(f"configured: model {model}, prompts {processor.prompts}, scores {processor.scores}, "
                                f"records as {self._types.info_type().__name__}, warm-up run {warm_ms:.0f} ms")
         self._state = "inactive"
         return TransitionCallbackReturn.SUCCESS

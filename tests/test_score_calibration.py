@@ -122,6 +122,7 @@ def test_processor_reports_mapped_scores_and_nothing_else_changes(model_files):
                                      calibrated_scores=calibrated, tracker=TrackerConfig(keep_score=0.0))
             processor = FrameProcessor(config, ["red star", "blue ring"])
             assert processor.backend.score_calibration == calibration   # read from the file either way
+            assert processor.scores == ("calibrated (a=1.300, b=0.700)" if calibrated else "raw")
             results[calibrated] = [processor.process(frame) for frame in frames]
     finally:
         write_calibration(onnx_path, None)

@@ -172,9 +172,8 @@ def format_table(metrics: dict) -> str:
 def build_runner(args: argparse.Namespace):
     """ModelRunner for --onnx, --weights, or the shipped model; FileNotFoundError/ValueError."""
     from .. import assets
-    from .predict import ModelRunner, load_torch_model
-
     from ..runtime.score_calibration import read_calibration
+    from .predict import ModelRunner, load_torch_model
 
     if args.onnx:
         return ModelRunner.from_onnx(args.onnx, args.preset or assets.PRESET, args.threads, not args.no_prune,

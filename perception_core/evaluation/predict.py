@@ -81,10 +81,10 @@ class ModelRunner:
 
     @property
     def scores(self) -> str:
-        """What the detection scores are, for reports: 'raw' or 'calibrated (a, b)'."""
-        if self.calibration is None:
-            return "raw"
-        return f"calibrated (a={self.calibration.a:.3f}, b={self.calibration.b:.3f})"
+        """What the detection scores are, for reports: 'raw' or 'calibrated (a=..., b=...)'."""
+        from ..runtime.score_calibration import describe_scores
+
+        return describe_scores(self.calibration)
 
     @staticmethod
     def from_torch(model, size: int = 384, prune: bool = True, calibration: "ScoreCalibration | None" = None

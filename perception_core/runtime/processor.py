@@ -36,6 +36,7 @@ from .motion import align, mask_centroids
 from .postprocess import box_to_frame, mask_box, mask_to_frame, valid_mask_region
 from .preprocess import Letterbox, preprocess
 from .prompts import encode_prompts
+from .score_calibration import describe_scores
 from .tracker import Detection, Tracker, TrackerConfig, TrackOutput
 
 
@@ -139,6 +140,11 @@ class FrameProcessor:
         self._keyframe: _Keyframe | None = None
         self.set_prompts(prompts)
         self._apply_pending_prompts()
+
+    @property
+    def scores(self) -> str:
+        """What the reported scores are: 'raw' or 'calibrated (a=..., b=...)' (score_calibration.py)."""
+        return describe_scores(self._calibration)
 
     @property
     def prompts(self) -> list[str]:

@@ -62,6 +62,13 @@ class ScoreCalibration:
             raise ValueError(f"{source}: unreadable {METADATA_KEY} ({error}); re-run 'mobius calibrate' on it") from None
 
 
+def describe_scores(calibration: ScoreCalibration | None) -> str:
+    """What reported scores are, for logs and reports: 'raw' or 'calibrated (a=..., b=...)'."""
+    if calibration is None:
+        return "raw"
+    return f"calibrated (a={calibration.a:.3f}, b={calibration.b:.3f})"
+
+
 def fit(confidences: np.ndarray, ious: np.ndarray, fit_info: dict | None = None) -> ScoreCalibration:
     """Least-squares fit of (a, b) so that s' predicts the IoU (unmatched detections have IoU 0)."""
     from scipy.optimize import least_squares
