@@ -1,5 +1,5 @@
 """ONNX export through `mobius export`: onnxruntime matches torch for 1, 3 and 20 prompts, with and
-without track queries, and when pruning keeps zero queries."""
+without track queries, and when pruning keeps zero queries; the weights' score calibration goes with the graph."""
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,10 +11,12 @@ from perception_core.model.build import build_from_name, save_weights
 from perception_core.model.decoder import PruneSettings
 from perception_core.runtime.export import example_inputs
 from perception_core.runtime.io_names import INPUT_NAMES, OUTPUT_NAMES
+from perception_core.runtime.score_calibration import METADATA_KEY, ScoreCalibration, read_calibration, write_calibration
 
 TINY = ["hidden_dim=64", "decoder.num_queries=30", "pruning.min_kept=5", "decoder.ffn_dim=128",
         "pixel_decoder.ffn_dim=128", "pruning.b_low=0.3", "pruning.b_high=0.6"]
 SIZE = 64
+CALIBRATION = ScoreCalibration(0.8, 0.5, {"fit_on": "val.json"})
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +25,18 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     model = build_from_name("mobius_nano", TINY).deploy()
     save_weights(model, tmp / "w.safetensors")
+    write_calibration(tmp / "w.safetensors", CALIBRATION)
     onnx_path = tmp / "model.onnx"
     assert mobius(["export", "--config", "mobius_nano", "--weights", str(tmp / "w.safetensors"),
                    "--size", str(SIZE), "--out", str(onnx_path), "--reuse-graphs", *TINY]) == 0
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     return model, session, onnx_path
+
+
+def test_export_carries_the_weights_score_calibration(exported):
+    _, session, onnx_path = exported
+    assert read_calibration(onnx_path) == CALIBRATION
+    assert ScoreCalibration.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY]) == CALIBRATION
 
 
 def _compare(model, session, args):
