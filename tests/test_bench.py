@@ -115,6 +115,17 @@ def test_flops_fraction_arithmetic():
             perf_efficiency.flops_fraction(*bad)
 
 
+def test_sgemm_peak_sources_compute_the_product_and_both_are_timed():
+    """The peak is the faster of torch.matmul and onnxruntime's MatMul: the onnxruntime graph timed must
+    compute a @ b, and both rates must come back."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((64, 64), dtype=np.float32), rng.standard_normal((64, 64), dtype=np.float32)
+    (product,) = perf_efficiency._matmul_session(64, 1).run(None, {"a": a, "b": b})
+    np.testing.assert_allclose(product, a @ b, rtol=1e-4, atol=1e-4)
+    rates = perf_efficiency.sgemm_rates(1, 128, 3)
+    assert set(rates) == set(perf_efficiency.SGEMM_SOURCES) and all(rate > 0 for rate in rates.values())
+
+
 def test_paper_scale_rows_and_verdict():
     below = {4: {"efficiency": perf_efficiency.flops_fraction(14.0, 100.0, 350.0), "gemm_share": 0.55,
                  "kept": [300, 100]},
