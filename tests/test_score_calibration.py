@@ -186,4 +186,14 @@ def test_mobius_calibrate_refuses_bad_input_and_writes_nothing(model_files, spli
     for args, message in cases:
         assert mobius(["calibrate", "--preset", str(tiny.preset), "--quiet", *args]) == 2
         assert message in capsys.readouterr().err
+    # a dry run on part of the split reports and writes nothing; its recall counts only those images' objects
+    assert mobius(["calibrate", "--onnx", str(onnx_path), "--data", str(split), "--preset", str(tiny.preset),
+                   "--limit", "3", "--dry-run", "--quiet"]) == 0
+    assert "3 images" in capsys.readouterr().out
     assert read_calibration(onnx_path) is None and read_calibration(weights) is None
+    from perception_core.evaluation.calibrate_command import first_images
+
+    data = json.loads(split.read_text())
+    part = first_images(data, 3)
+    assert [i["id"] for i in part["images"]] == [i["id"] for i in data["images"][:3]]
+    assert part["annotations"] and {a["image_id"] for a in part["annotations"]} <= {i["id"] for i in part["images"]}

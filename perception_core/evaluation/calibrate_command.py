@@ -19,7 +19,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .calibration import expected_calibration_error, match_ious, recall_at_scores
+from .calibration import RECALL_HIT_IOU, expected_calibration_error, match_ious, recall_at_scores
 from .eval_command import build_runner, choose_categories, default_image_root
 
 FIT_IOU, FIT_MATCHING = "mask", "best"     # what the map predicts: the mask IoU with the best-matching gt
@@ -68,12 +68,11 @@ def targets(args: argparse.Namespace) -> list[Path]:
 
 def fit_split(runner, data: dict, image_root: Path, categories: list[dict], args: argparse.Namespace, source: str):
     """(calibration, report): the fitted map (raw-score runner) and what it changes on the split."""
-    from ..runtime.score_calibration import fit
+    from ..runtime.score_calibration import ScoreCalibration, fit
     from .predict import predict_coco
 
     detections, stats = predict_coco(runner, data, image_root, [c["name"] for c in categories],
-                                     [int(c["id"]) for c in categories], args.top_k, args.limit,
-                                     progress=not args.quiet)
+                                     [int(c["id"]) for c in categories], args.top_k, progress=not args.quiet)
     confidences, ious = match_ious(data, detections, FIT_IOU, FIT_MATCHING)
     if len(confidences) < 2:
         raise ValueError(f"'{source}' gave {len(confidences)} detections; a fit needs a split with objects")
@@ -81,12 +80,19 @@ def fit_split(runner, data: dict, image_root: Path, categories: list[dict], args
     info = {"fit_on": source, "images": stats["images"], "detections": int(len(confidences)), "iou": FIT_IOU,
             "matching": FIT_MATCHING, "ece_raw": before.ece,
             "fitted": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    calibration = fit(confidences, ious, info)
-    after = expected_calibration_error(calibration(confidences), ious, iou_kind=FIT_IOU, matching=FIT_MATCHING)
-    calibration.fit_info["ece_calibrated"] = after.ece
+    fitted = fit(confidences, ious)
+    after = expected_calibration_error(fitted(confidences), ious, iou_kind=FIT_IOU, matching=FIT_MATCHING)
+    calibration = ScoreCalibration(fitted.a, fitted.b, {**info, "ece_calibrated": after.ece})
     mapped = [_with_scores(d, calibration(d.scores)) for d in detections]
-    recall = {"raw": recall_at_scores(data, detections), "calibrated": recall_at_scores(data, mapped)}
+    recall = {name: recall_at_scores(data, found, iou_kind=FIT_IOU) for name, found in (("raw", detections), ("calibrated", mapped))}
     return calibration, {"before": before, "after": after, "recall": recall, "model": stats["model"]}
+
+
+def first_images(data: dict, limit: int) -> dict:
+    """The COCO json restricted to its first `limit` images and their annotations."""
+    images = data["images"][:limit]
+    kept = {int(image["id"]) for image in images}
+    return {**data, "images": images, "annotations": [a for a in data["annotations"] if int(a["image_id"]) in kept]}
 
 
 def _with_scores(detections, scores):
@@ -101,7 +107,7 @@ def format_report(calibration, report: dict) -> str:
              f"{calibration.fit_info['images']} images",
              f"fitted s' = sigmoid({calibration.a:.4f} * logit(s) + {calibration.b:.4f})",
              f"ECE vs {FIT_IOU} IoU ({FIT_MATCHING} match): raw {before.ece:.4f} -> calibrated {after.ece:.4f}",
-             "objects found (mask IoU >= 0.5) at score >= t, raw -> calibrated:"]
+             f"objects found ({FIT_IOU} IoU >= {RECALL_HIT_IOU:g}) at score >= t, raw -> calibrated:"]
     lines += [f"  t={t:g}: {_pct(recall['raw'][t])} -> {_pct(recall['calibrated'][t])}" for t in recall["raw"]]
     return "\n".join(lines)
 
@@ -111,6 +117,7 @@ def _pct(value) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import assets
     from ..runtime.score_calibration import write_calibration
     from ..training.annotations import annotation_format, check_image_files, read_annotation_file
 
@@ -128,11 +135,11 @@ def run(args: argparse.Namespace) -> int:
         data = read_annotation_file(args.data)
         if annotation_format(data) != "coco":
             raise ValueError(f"'{args.data}' is YouTube-VIS json; calibrate on a COCO json (image split)")
+        if args.limit:   # the recall report counts the objects of the images used, not of the whole json
+            data = first_images(data, args.limit)
         categories = choose_categories(data, args.prompts)
         image_root = Path(args.images) if args.images else default_image_root(args.data)
-        check_image_files(image_root, [r["file_name"] for r in data["images"][:args.limit]], args.data)
-        from .. import assets
-
+        check_image_files(image_root, [r["file_name"] for r in data["images"]], args.data)
         onnx = args.onnx or (None if args.weights else str(assets.require(assets.ONNX)))
         runner = build_runner(argparse.Namespace(**{**vars(args), "onnx": onnx, "raw_scores": True, "no_prune": False}))
         calibration, report = fit_split(runner, data, image_root, categories, args, str(args.data))
