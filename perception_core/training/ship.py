@@ -60,7 +60,7 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     info = {"preset": model_config.name, "size": size, "step": before.get("step", 0) + int(contents["step"]),
             "skipped_steps": int(contents["skipped_steps"]), "default_prompts": prompts,
             "trained_prompts": trained_on, "recipe": config, **_lineage(before),
-            "training": _combined(before.get("training") or {}, run), "metrics": {}}
+            "training": _combined(before.get("training") or {}, run, before.get("step", 0)), "metrics": {}}
     previous = out / assets.INFO.name
     if previous.is_file():  # keep metrics recorded for the same step
         old = json.loads(previous.read_text())
@@ -93,10 +93,13 @@ def _lineage(before: dict) -> dict:
     return {"init_weights": before["init_weights"], "init_step": before.get("step")} if before else {}
 
 
-def _combined(before: dict, run: dict) -> dict:
-    """Training summary of the steps before (a fine-tuned model's start) and of this run."""
-    if not before or not run:
-        return run or before
+def _combined(before: dict, run: dict, earlier_steps: int) -> dict:
+    """Training summary of the steps before (a fine-tuned model's start) and of this run; {} when a part
+    with steps is unknown (the card then says the summary is not available)."""
+    if not earlier_steps:
+        return run
+    if not (before and run):
+        return {}
     return {"steps": before["steps"] + run["steps"], "hours": before["hours"] + run["hours"],
             "first_loss": before["first_loss"], "last_loss": run["last_loss"]}
 
