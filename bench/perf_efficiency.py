@@ -184,8 +184,8 @@ def run(settings: Settings) -> Section:
     sampler = perf_profile.sampler_ab(model, feed, settings.threads, settings.repeats, settings.warmup,
                                       settings.cache)
     paper = paper_scale(settings, peaks[settings.threads])
-    data = {"peaks": peaks, "sgemm_rates": rates, "efficiency": efficiency, "stats": stats, "nodes": nodes, "sweep": sweep,
-            "layout": layout, "sampler": sampler, "contention": contention, "alternation": alternating,
+    data = {"peaks": peaks, "sgemm_rates": rates, "efficiency": efficiency, "stats": stats, "nodes": nodes,
+            "sweep": sweep, "layout": layout, "sampler": sampler, "contention": contention, "alternation": alternating,
             "kept": kept, "n": n, "trained": model.trained, "paper": paper}
     return Section("efficiency", "Achieved FLOP/s, profile and fixes", render(data, settings, load), data=data)
 

@@ -54,7 +54,8 @@ def render(data: dict, load) -> str:
     ratio = latency["p99"] / latency["p50"] if latency.get("p50") else float("nan")
     lines = [
         f"Conditions: the shipped model through the lifecycle node `mobius_segmenter` (onnxruntime, its YAML "
-        f"defaults: calibrated scores, score threshold {node_threshold()}), a {data['frames']}-frame generated 288x384 clip published as "
+        f"defaults: calibrated scores, score threshold {node_threshold()}), a {data['frames']}-frame generated "
+        f"288x384 clip published as "
         f"sensor_msgs/Image at {data['fps']:.0f} fps by a camera node in the same process (`mobius_ros.demo`), "
         f"Fast DDS, overlay published and written to mp4; {machine_line(load)}.", "",
         "| decoding | camera frames | processed | dropped (newest frame only) | node rate Hz | latency p50 ms "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def fit_split(runner, data: dict, image_root: Path, categories: list[dict], args
     fitted = fit(confidences, ious)
     after = expected_calibration_error(fitted(confidences), ious, iou_kind=FIT_IOU, matching=FIT_MATCHING)
     calibration = ScoreCalibration(fitted.a, fitted.b, {**info, "ece_calibrated": after.ece})
-    mapped = [_with_scores(d, calibration(d.scores)) for d in detections]
+    mapped = [replace(d, scores=calibration(d.scores)) for d in detections]
     recall = {name: recall_at_scores(data, found, iou_kind=FIT_IOU) for name, found in (("raw", detections), ("calibrated", mapped))}
     return calibration, {"before": before, "after": after, "recall": recall, "model": stats["model"]}
 
@@ -93,12 +94,6 @@ def first_images(data: dict, limit: int) -> dict:
     images = data["images"][:limit]
     kept = {int(image["id"]) for image in images}
     return {**data, "images": images, "annotations": [a for a in data["annotations"] if int(a["image_id"]) in kept]}
-
-
-def _with_scores(detections, scores):
-    from dataclasses import replace
-
-    return replace(detections, scores=scores)
 
 
 def format_report(calibration, report: dict) -> str:

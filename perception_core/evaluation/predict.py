@@ -117,11 +117,9 @@ class ModelRunner:
         the graph matches it (width and depth), else pruning is off (with a warning). calibrated:
         apply the score calibration stored in the file, if any."""
         from ..runtime.onnx_engine import OnnxEngine
-        from ..runtime.score_calibration import calibration_from_metadata
 
         engine = OnnxEngine(path, threads=threads)  # FileNotFoundError / ValueError with the fix
-        metadata = engine.session.get_modelmeta().custom_metadata_map
-        calibration = calibration_from_metadata(metadata, f"model file '{path}'") if calibrated else None
+        calibration = engine.score_calibration if calibrated else None
         thresholds, min_kept, max_tokens = _onnx_settings(engine, preset, prune)
         hidden = engine.hidden_dim
 

@@ -27,7 +27,7 @@ import numpy as np
 from .io_names import (LATERAL_GRAPH, LATERAL_OUTPUT_NAMES, MASK_GRAPH, MASK_INPUT_NAMES, MASK_OUTPUT_NAMES,
                        OUTPUT_NAMES, Companion, mask_graph_path)
 from .onnx_engine import OnnxEngine, load_error, session_options
-from .score_calibration import calibration_from_metadata, read_calibration
+from .score_calibration import read_calibration
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -68,8 +68,7 @@ class OnnxBackend(Backend):
         self.size, self.hidden_dim, self.num_layers = self.engine.size, self.engine.hidden_dim, self.engine.num_layers
         self.model_config = _matching_config(preset, self.hidden_dim, self.num_layers)
         self.has_coarse = "mask_coarse" in self.engine.output_names
-        self.score_calibration = calibration_from_metadata(
-            self.engine.session.get_modelmeta().custom_metadata_map, f"model file '{self.path}'")
+        self.score_calibration = self.engine.score_calibration
         self._sessions: dict[str, object] = {}
 
     def decode(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from .io_names import INPUT_NAMES, OPTIONAL_OUTPUTS, OUTPUT_NAMES
+from .score_calibration import calibration_from_metadata
 
 
 def session_options(threads: int):
@@ -60,6 +61,9 @@ class OnnxEngine:
         self.size = int(shape[2])
         self.hidden_dim = int(self.session.get_inputs()[4].shape[2])
         self.num_layers = int(self.session.get_inputs()[6].shape[0])
+        # the map `mobius calibrate` stored in the file (ValueError if broken), None without one
+        self.score_calibration = calibration_from_metadata(self.session.get_modelmeta().custom_metadata_map,
+                                                           f"model file '{path}'")
 
     def __call__(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(None, feed)))
