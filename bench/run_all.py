@@ -13,8 +13,8 @@ Sections (bench/perf_*.py, each a `run(Settings) -> Section`):
   node        the ROS 2 node end to end (rclpy, Fast DDS) with a 60 fps camera: rate, latency, drops
   runtime     `mobius bench`'s per-stage table: onnxruntime vs torch, 1 vs 2 threads, T=1 vs 3
   pruning     pruned decoder FLOPs from kept queries measured on a generated clip
-  efficiency  sgemm peak vs achieved FLOP/s, onnxruntime profile by op type, session options and
-              the deformable sampling layout
+  efficiency  sgemm peak vs achieved FLOP/s (one stream over fresh processes, streams side by side),
+              onnxruntime profile by op type, session options and the deformable sampling layout
   int8        onnxruntime dynamic / static QDQ int8: speed-up and mask AP change
   peers       Grounding DINO and Mask2Former (transformers, torch) vs MOBIUS
   scaling     latency vs input size and prompts, pixel decoder FLOPs growth (PNG)

@@ -19,6 +19,7 @@ import perf_profile  # noqa: E402
 import perf_pruning  # noqa: E402
 import perf_report  # noqa: E402
 import perf_scaling  # noqa: E402
+import perf_streams  # noqa: E402
 from perf_common import Section, Settings, onnx_session, time_interleaved  # noqa: E402
 
 RUNS = 3
@@ -134,7 +135,7 @@ def test_paper_scale_rows_and_verdict():
     text = "\n".join(perf_efficiency.paper_lines(below, 2, 0.276))
     assert "| mobius_mini_m | 4 | 300,100 | 14.00 | 100 | 140.0 | 40.0% | 55% |" in text
     assert "| mobius_mini_m | 80 |" in text
-    assert "reaches up to 40.0% (below 50%)" in text and "shipped model above (27.6%)" in text
+    assert "reaches up to 40.0% (below 50%)" in text and "shipped model above (one stream: 27.6%)" in text
     above = {4: {**below[4], "efficiency": perf_efficiency.flops_fraction(18.0, 100.0, 350.0)}}
     assert "reaches up to 51.4% (at or above 50%)" in "\n".join(perf_efficiency.paper_lines(above, 2, 0.3))
     assert perf_efficiency.paper_lines(None, 2, 0.3) == []
@@ -393,3 +394,37 @@ def test_paired_difference_interval():
     mean, low, high = perf_reuse.paired_difference(a, [0.4, 0.9, 0.6, 0.9])
     assert mean == pytest.approx(0.05) and low < 0.0 < high
     assert np.isnan(perf_reuse.paired_difference([], [])[0])
+
+
+# ----------------------------------------------------------------------------- streams side by side
+
+def test_streams_run_real_sessions_side_by_side_and_a_failing_stream_raises(tiny):
+    run = perf_streams.stream_run(tiny, feed(), streams=2, threads=1, frames=3, rounds=2, warmup=1)
+    assert (run.streams, run.threads) == (2, 1) and run.frame_ms > 0 and run.aggregate_fps > 0
+    bad = {"x": np.zeros((1, 3, 8, 8), np.float32)}              # wrong channel count: the runs fail
+    with pytest.raises(Exception, match="(?i)invalid|dimension|shape"):
+        perf_streams.stream_run(tiny, bad, streams=2, threads=1, frames=2, rounds=1, warmup=0)
+    with pytest.raises(ValueError, match="frames=0"):
+        perf_streams.stream_run(tiny, feed(), streams=1, threads=1, frames=0, rounds=1)
+
+
+def test_process_spread_times_fresh_processes_and_reports_their_failure(tiny, tmp_path):
+    medians = perf_streams.process_spread(tiny, feed(), threads=1, processes=2, runs=3, work_dir=tmp_path)
+    assert len(medians) == 2 and all(m > 0 for m in medians)
+    with pytest.raises(RuntimeError, match="timing process failed"):
+        perf_streams.process_spread(tmp_path / "missing.onnx", feed(), 1, 1, 3, tmp_path)
+
+
+def test_stream_lines_judge_each_case_and_the_single_stream_by_its_process_median():
+    runs = [perf_streams.StreamRun(1, 2, frame_ms=20.0, aggregate_fps=50.0),    # 1 GFLOP x 50/s = 50 of 100
+            perf_streams.StreamRun(2, 1, frame_ms=25.0, aggregate_fps=80.0),    # 80% of peak
+            perf_streams.StreamRun(2, 2, frame_ms=60.0, aggregate_fps=30.0)]
+    text = "\n".join(perf_streams.lines(runs, gflops=1.0, peak_gflops_s=100.0, frames=4, rounds=2))
+    assert "| 2 x 1 | 80.0 | 25.0 | 80.0 | 80.0% |" in text
+    assert "the latency case (in this run): 50.0%, **met**" in text
+    assert "(2 streams x 1 thread): 80.0%, **met**" in text and "waits 1.25x" in text
+    # fresh processes took 25, 40 and 50 ms: their median 40 ms is 25% of peak, whatever this run saw
+    text = "\n".join(perf_streams.lines(runs, 1.0, 100.0, 4, 2, spread=[50.0, 25.0, 40.0]))
+    assert "median ms 25.0, 40.0, 50.0, that is 20.0% to 40.0% of peak" in text
+    assert "(median over 3 processes): 25.0%, **not met**" in text and "waits 0.62x" in text
+    assert perf_streams.lines([], 1.0, 100.0, 4, 2) == []
