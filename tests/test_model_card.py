@@ -61,3 +61,15 @@ def test_card_splits_the_steps_of_a_fine_tuned_model():
             "(`model.init_weights=perception_core/assets/mobius_nano.safetensors`).") in render(tuned, TRAINING,
                                                                                                 LATENCY, {})
     assert "Trained for 4200 steps (0 skipped)." in render(INFO, TRAINING, LATENCY, {})
+
+
+def test_video_line_names_the_clips_threshold_and_the_tracker_settings_recorded():
+    video = {"data": "v.json", "videos": 48, "score_threshold": 0.4, "video_AP": 0.243, "HOTA": 0.503,
+             "IDF1": 0.531, "IDSW": 32, "tracker": {"keep_score": 0.5, "match_threshold": 0.35,
+                                                    "embedding_weight": 0.7, "confirm_hits": 2}}
+    text = render({**INFO, "metrics": {**INFO["metrics"], "eval-video test": video}}, TRAINING, LATENCY, {})
+    assert ("(48 clips, score threshold 0.4, tracker keep_score 0.5, match_threshold 0.35, embedding_weight 0.7, "
+            "confirm_hits 2): video AP 24.3, HOTA 50.3, IDF1 53.1, ID switches 32." in text)
+    older = {k: v for k, v in video.items() if k != "tracker"}       # recorded before the settings were
+    assert "(48 clips, score threshold 0.4): video AP 24.3" in render(
+        {**INFO, "metrics": {**INFO["metrics"], "eval-video test": older}}, TRAINING, LATENCY, {})

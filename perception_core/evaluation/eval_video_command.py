@@ -160,7 +160,10 @@ def run(args: argparse.Namespace) -> int:
     if args.record:
         from .record import record_metrics, split_name, video_summary
 
-        settings = {"score_threshold": args.score_threshold, **reuse_settings(args), "threads": args.threads}
+        tracker = processor.config.tracker
+        settings = {"score_threshold": args.score_threshold, **reuse_settings(args), "threads": args.threads,
+                    "tracker": {name: getattr(tracker, name) for name in ("keep_score", "match_threshold",
+                                                                          "embedding_weight", "confirm_hits")}}
         path = record_metrics(f"eval-video {split_name(data, args.data)}", video_summary(metrics, args.data, settings))
         print(f"recorded in {path}", file=sys.stderr)
     return 0

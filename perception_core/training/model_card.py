@@ -231,8 +231,11 @@ def render(info: dict, training: dict, latency: dict, flops: dict, calibration_p
     else:
         lines.append("No `mobius eval --record` result is stored yet.")
     if video:
+        tracker = video.get("tracker") or {}
+        named = [f"{name} {value:g}" for name, value in tracker.items() if isinstance(value, (int, float))]
+        tracked = f", tracker {', '.join(named)}" if named else ""
         lines += ["", f"`mobius eval-video` on `{video.get('data')}` ({video.get('videos')} clips, score threshold "
-                  f"{video.get('score_threshold', 'default')}): video AP {_pct(video.get('video_AP'))}, HOTA "
+                  f"{video.get('score_threshold', 'default')}{tracked}): video AP {_pct(video.get('video_AP'))}, HOTA "
                   f"{_pct(video.get('HOTA'))}, IDF1 {_pct(video.get('IDF1'))}, ID switches {video.get('IDSW')}."]
     steps = int(info.get("step") or 0)
     lines += ["", "## What limits it", "",
