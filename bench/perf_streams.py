@@ -7,9 +7,9 @@ other (a second thread speeds the default model up far less than 2x). Two stream
 each keep both cores busy, as the sgemm peak does; two streams of 2 threads each oversubscribe the
 cores. `stream_run` measures a configuration; `lines` renders the rows and the verdict.
 
-On this shared VM the single stream at 2 threads is also the unstable case: a process runs it either
-at ~9 or at ~12.5 ms per frame and mostly keeps that mode (1 thread, two streams and the sgemm peak
-do not swing so). `process_spread` times it in several fresh processes, one after another, so a
+On this shared VM the single stream at 2 threads is also the unstable case: a process ran it either
+at ~9 or at ~12.5 ms per frame and mostly kept that mode (1 thread, two streams and the sgemm peak
+did not swing so). `process_spread` times it in several fresh processes, one after another, so a
 section reports the spread instead of one process's luck.
 """
 from __future__ import annotations
@@ -147,9 +147,11 @@ def lines(runs: list[StreamRun], gflops: float, peak_gflops_s: float, frames: in
         one, how = fraction(single_ms), f"median over {len(ms)} processes"
         out += ["", f"One stream at {single.threads} threads in {len(ms)} fresh processes, one after another: median "
                     f"ms {', '.join(f'{m:.1f}' for m in ms)}, that is {fraction(ms[-1]):.1%} to {fraction(ms[0]):.1%} "
-                    "of peak. On this VM a process runs it in one of two modes, ~9 or ~12.5 ms; pinning the threads, "
-                    "the spinning settings and the address-space layout did not decide which (checked by hand). "
-                    "One thread per stream does not swing so."]
+                    f"of peak (slowest / fastest process: {ms[-1] / ms[0]:.2f}x). Checked by hand on this VM "
+                    "(2026-11-22, 30+ processes): a process runs one stream at 2 threads in one of two modes, ~9 or "
+                    "~12.5 ms per frame, and mostly keeps it; pinning the threads, the spinning settings and the "
+                    "address-space layout did not decide which, and 1 thread or two streams did not swing so. Runs "
+                    "differ in how often they meet the slow mode."]
     out += ["", f"Goal (achieved >= 50% of peak), per case: one stream at {single.threads} threads, the latency case "
                 f"({how}): {one:.1%}, {goal(one >= 0.5)}; the machine's throughput ({best.streams} streams x "
                 f"{best.threads} thread{'s' if best.threads > 1 else ''}): {whole:.1%}, {goal(whole >= 0.5)}. Each "

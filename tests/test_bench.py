@@ -425,6 +425,6 @@ def test_stream_lines_judge_each_case_and_the_single_stream_by_its_process_media
     assert "(2 streams x 1 thread): 80.0%, **met**" in text and "waits 1.25x" in text
     # fresh processes took 25, 40 and 50 ms: their median 40 ms is 25% of peak, whatever this run saw
     text = "\n".join(perf_streams.lines(runs, 1.0, 100.0, 4, 2, spread=[50.0, 25.0, 40.0]))
-    assert "median ms 25.0, 40.0, 50.0, that is 20.0% to 40.0% of peak" in text
+    assert "median ms 25.0, 40.0, 50.0, that is 20.0% to 40.0% of peak (slowest / fastest process: 2.00x)" in text
     assert "(median over 3 processes): 25.0%, **not met**" in text and "waits 0.62x" in text
     assert perf_streams.lines([], 1.0, 100.0, 4, 2) == []
