@@ -3,6 +3,7 @@ answers are known, cross-checked against pycocotools' COCOeval and trackeval's o
 loader; and `mobius eval-video` end to end."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -15,9 +16,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from perception_core.cli import main as mobius
+from perception_core.evaluation import eval_video_command
 from perception_core.evaluation.detections import json_rle
 from perception_core.evaluation.video_ap import Tube, tube_iou, video_ap
 from perception_core.evaluation.video_eval import evaluate_video
+from perception_core.runtime.tracker import TrackerConfig
 
 HEIGHT, WIDTH, FRAMES = 32, 48, 6
 
@@ -299,3 +302,25 @@ def test_mobius_eval_video_reports_clear_errors(tiny_videos, capsys, tmp_path):
     assert code == 2 and "4 frames" in err
     code, _, err = eval_video(capsys, "--data", str(data), "--onnx", str(tmp_path / "none.onnx"))
     assert code == 2 and "none.onnx' not found" in err
+
+
+def test_tracker_settings_reach_the_processor_and_bad_ones_are_refused(tiny_videos, capsys, tmp_path):
+    from perception_core.runtime.stream_options import tracker_config
+
+    assert tracker_config([]) == TrackerConfig()
+    assert tracker_config(["keep_score=0.45", " confirm_hits=3"]) == TrackerConfig(keep_score=0.45, confirm_hits=3)
+    root, data = tiny_videos
+    model = ["--data", str(data), "--weights", str(root / "tiny.safetensors"), "--preset", str(root / "tiny.yaml"),
+             "--size", "128", "--threads", "1", "--score-threshold", "0.0", "--json"]
+    parser = argparse.ArgumentParser()
+    eval_video_command.add_arguments(parser)
+    args = parser.parse_args([*model, "--tracker", "keep_score=0.45", "--tracker", "max_age=4"])
+    processor = eval_video_command.make_processor(args, ["red circle"])
+    assert processor.config.tracker == TrackerConfig(keep_score=0.45, max_age=4)
+    code, out, err = eval_video(capsys, *model, "--tracker", "keep_score=0.45", "--tracker", "max_age=4")
+    assert code == 0 and json.loads(out)["frames"] == 8, err
+    for bad, message in (("keep=0.5", "KEY one of keep_score"), ("keep_score", "expected KEY=VALUE"),
+                         ("max_age=1.5", "max_age takes an integer"), ("keep_score=high", "takes a number"),
+                         ("keep_score=1.5", "keep_score=1.5 must be in [0, 1]")):
+        code, _, err = eval_video(capsys, *model, "--tracker", bad)
+        assert code == 2 and message in err, (bad, err)

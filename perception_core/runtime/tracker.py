@@ -16,10 +16,11 @@ Defaults: keep_score, embedding_weight and match_threshold were chosen on a val 
 procedural benchmark (48 clips, `mobius data synth --split val --videos 48 --seed 6`) by HOTA over a
 grid (keep_score 0.2-0.6, match_threshold 0.15-0.5, embedding_weight 0.5/0.7, confirm_hits 1/2); of
 two tied at HOTA 54.8, the stricter match_threshold 0.35 (0.25 let two objects with no mask overlap
-match on query cosines near 0.35). Test numbers: docs/MODEL_CARD.md. A carried query is held to a
-higher score than a fresh detection (keep_score 0.5 against the node's score_threshold 0.4): below
-it, a carried query had more often drifted off its object, and letting it count as a fresh detection
-instead lost 3.5 points of MOTA there.
+match on query cosines near 0.35). Test numbers: docs/MODEL_CARD.md. On your own clips,
+`mobius eval-video --data VAL.json --tracker keep_score=0.4 ...` scores other settings.
+A carried query is held to a higher score than a fresh detection (keep_score 0.5 against the node's
+score_threshold 0.4): below it, a carried query had more often drifted off its object, and letting it
+count as a fresh detection instead lost 3.5 points of MOTA there.
 
 Life cycle:  tentative --(confirm_hits matches in a row)--> confirmed --(missed)--> lost
              lost --(matched again within max_age frames)--> confirmed;  lost > max_age -> removed
