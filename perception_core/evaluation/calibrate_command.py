@@ -53,18 +53,11 @@ def targets(args: argparse.Namespace) -> list[Path]:
     """The files that receive the map: the evaluated model file (for the shipped model, its .onnx and
     .safetensors) plus --also; ValueError for a file type that cannot hold it."""
     from .. import assets
-    from ..runtime.score_calibration import CALIBRATED_SUFFIXES
+    from ..runtime.score_calibration import check_target
 
     given = args.onnx or args.weights
     files = [Path(given)] if given else [p for p in (assets.ONNX, assets.WEIGHTS) if p.is_file()]
-    files += [Path(p) for p in args.also]
-    for path in files:
-        if path.suffix not in CALIBRATED_SUFFIXES:
-            raise ValueError(f"'{path}' cannot hold a score calibration (only {', '.join(CALIBRATED_SUFFIXES)}); "
-                             f"export the model to ONNX with 'mobius export' or pass its .safetensors")
-        if not path.is_file():
-            raise FileNotFoundError(f"model file '{path}' not found")
-    return files
+    return [check_target(path) for path in files + [Path(p) for p in args.also]]
 
 
 def fit_split(runner, data: dict, image_root: Path, categories: list[dict], args: argparse.Namespace, source: str):

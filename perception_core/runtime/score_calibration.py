@@ -43,9 +43,7 @@ class ScoreCalibration:
             raise ValueError(f"score calibration needs finite a > 0 and finite b, got a={self.a}, b={self.b}")
 
     def __call__(self, scores: np.ndarray) -> np.ndarray:
-        scores = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
-        logits = self.a * np.log(scores / (1.0 - scores)) + self.b
-        return 1.0 / (1.0 + np.exp(-logits))
+        return 1.0 / (1.0 + np.exp(-(self.a * _logit(scores) + self.b)))
 
     def to_json(self) -> str:
         return json.dumps({"kind": "platt", "a": self.a, "b": self.b, **self.fit_info})
@@ -77,14 +75,32 @@ def fit(confidences: np.ndarray, ious: np.ndarray, fit_info: dict | None = None)
     if len(confidences) != len(ious) or len(confidences) < 2:
         raise ValueError(f"fitting needs at least 2 (confidence, IoU) pairs of equal length, got "
                          f"{len(confidences)} and {len(ious)}")
-    clipped = np.clip(confidences, _EPS, 1.0 - _EPS)
-    logits = np.log(clipped / (1.0 - clipped))
+    logits = _logit(confidences)
 
     def residuals(params: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-(params[0] * logits + params[1]))) - ious
 
     result = least_squares(residuals, x0=[1.0, 0.0], bounds=([1e-3, -20.0], [100.0, 20.0]))
     return ScoreCalibration(float(result.x[0]), float(result.x[1]), dict(fit_info or {}))
+
+
+def _logit(scores) -> np.ndarray:
+    """logit of float64 scores clipped to [EPS, 1 - EPS]."""
+    clipped = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
+    return np.log(clipped / (1.0 - clipped))
+
+
+def check_target(path: str | os.PathLike) -> Path:
+    """`path` as a model file that can hold the map: ValueError for another kind of file,
+    FileNotFoundError when it is missing."""
+    path = Path(path)
+    if path.suffix not in CALIBRATED_SUFFIXES:
+        raise ValueError(f"'{path}' cannot hold a score calibration: use an .onnx or .safetensors model file "
+                         f"(suffixes {', '.join(CALIBRATED_SUFFIXES)}); 'mobius export' writes ONNX, training "
+                         "checkpoints convert with the ship script")
+    if not path.is_file():
+        raise FileNotFoundError(f"model file '{path}' not found")
+    return path
 
 
 def read_calibration(path: str | os.PathLike) -> ScoreCalibration | None:
@@ -105,12 +121,7 @@ def calibration_from_metadata(metadata: dict[str, str], source: str) -> ScoreCal
 def write_calibration(path: str | os.PathLike, calibration: ScoreCalibration | None) -> Path:
     """Stores (or, with None, removes) the map in the model file; the file is replaced atomically and
     everything else in it is kept."""
-    path = Path(path)
-    if path.suffix not in CALIBRATED_SUFFIXES:
-        raise ValueError(f"'{path}' cannot hold a score calibration: use an .onnx or .safetensors model file "
-                         f"('mobius export' writes ONNX; training checkpoints convert with the ship script)")
-    if not path.is_file():
-        raise FileNotFoundError(f"model file '{path}' not found")
+    path = check_target(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     try:
