@@ -1,120 +1,41 @@
 """int8 quantization of the default model with onnxruntime.quantization (paper Sec. 4.2 deploys
-uint8 on mobile): speed-up and mask AP change on the test split.
+uint8 on mobile): speed-up and mask AP change on the test split. The quantizers are the library's
+(perception_core/runtime/quantize.py, `mobius quantize`).
 
 Variants (each written once per source model to .bench_cache/int8/):
-  dynamic   quantize_dynamic: int8 weights of MatMul/Gemm, activations quantized on the fly
-            (convolutions stay float: onnxruntime's dynamic ConvInteger is slower than float Conv).
-  static    quantize_static, QDQ format: per-channel int8 weights and uint8 activations of Conv,
-            MatMul and Gemm, ranges from a MinMax calibration over generated frames with the default
-            prompts (`FrameCalibrationReader`); and the same for Conv only (the image encoder and
-            projections), which separates the AP cost of quantizing the convolutions from that of the
-            attention / mask / classifier matmuls. MatMuls whose weight onnxruntime's QLinearMatMul
-            cannot take per-channel stay float (`unquantizable_matmuls`): a weight as the first
-            operand (W @ X, the deformable attention's channels-first value projections) or of rank
-            above 2 (the per-head (heads, C, K) offset and attention-weight projections).
-The float graph first goes through quant_pre_process (shape inference + optimisation) when that
-succeeds; the report says when it did not.
+  dynamic   int8 weights of MatMul/Gemm, activations quantized on the fly (convolutions stay float:
+            onnxruntime's dynamic ConvInteger is slower than float Conv).
+  static    QDQ: per-channel int8 weights and uint8 activations of Conv, MatMul and Gemm, ranges
+            from a MinMax calibration over generated frames with the default prompts, in three forms:
+            `mobius quantize`'s (the cosine classifiers float), everything quantized (classifiers
+            too: what that costs), and Conv only (the image encoder and projections). MatMuls whose
+            weight QLinearMatMul cannot take per-channel stay float in all of them.
 AP: COCO mask/box AP with `mobius eval`'s code path (ModelRunner.from_onnx + predict_coco + score) on
 the first images of data/synth/test (generated into the cache when absent), all its categories as
 prompts.
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from perf_common import (BLOCK, Section, Settings, code_hash, fmt_ms, machine_line, onnx_session, relative,
                          time_interleaved)
-
-QUANT_OPS = ("Conv", "MatMul", "Gemm")
-
-
-class FrameCalibrationReader:
-    """onnxruntime CalibrationDataReader: one full graph feed per frame (letterboxed image, the given
-    text inputs, no track queries, the given pruning)."""
-
-    def __init__(self, frames: Sequence[np.ndarray], size: int, text: dict[str, np.ndarray], hidden: int,
-                 pruning: tuple[np.ndarray, np.ndarray]):
-        from perception_core.runtime.preprocess import preprocess
-
-        self._feeds = iter([{"images": preprocess(frame, size)[0], **text,
-                             "track_queries": np.zeros((1, 0, hidden), np.float32),
-                             "track_boxes": np.zeros((1, 0, 4), np.float32),
-                             "prune_thresholds": pruning[0], "prune_min_kept": pruning[1]} for frame in frames])
-
-    def get_next(self) -> dict | None:
-        return next(self._feeds, None)
-
+from perception_core.runtime import quantize
 
 DYNAMIC_FILE = "dynamic.onnx"   # the int8 dynamic variant in a model's variants folder
-
-
-def preprocessed(source: Path, folder: Path) -> tuple[Path, bool]:
-    """A copy of `source` ready for quantization: its stored value_info dropped (the dynamo exporter's
-    shape annotations trip onnxruntime.quantization's strict shape inference: "Inferred shape and
-    existing shape differ"), then quant_pre_process (shape inference + optimisation) when that
-    succeeds. Returns (path, whether quant_pre_process succeeded)."""
-    import onnx
-    from onnxruntime.quantization import quant_pre_process
-
-    target, clean = folder / "preprocessed.onnx", folder / "float_clean.onnx"
-    if target.is_file():
-        return target, True
-    model = onnx.load(str(source))
-    del model.graph.value_info[:]
-    onnx.save(model, str(clean))
-    try:
-        quant_pre_process(str(clean), str(target), skip_symbolic_shape=True)
-    except Exception as error:  # a graph the pre-processor cannot handle is quantized as exported
-        logging.getLogger(__name__).warning("quant_pre_process failed (%s); quantizing the graph as exported", error)
-        return clean, False
-    model = onnx.load(str(target))
-    del model.graph.value_info[:]
-    onnx.save(model, str(target))
-    return target, True
-
-
-def quantize_dynamic_model(source: Path, target: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    if not target.is_file():
-        quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm"],
-                         weight_type=QuantType.QInt8)
-    return target
-
-
-def unquantizable_matmuls(path: Path) -> list[str]:
-    """Names of the MatMul nodes with a weight (initializer) as first operand or of rank above 2:
-    per-channel QLinearMatMul supports neither."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    ranks = {tensor.name: len(tensor.dims) for tensor in graph.initializer}
-    return [node.name for node in graph.node if node.op_type == "MatMul"
-            and (node.input[0] in ranks or ranks.get(node.input[1], 2) > 2)]
-
-
-def quantize_static_model(source: Path, target: Path, reader, ops: Sequence[str] = QUANT_OPS) -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    if not target.is_file():
-        quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(ops), per_channel=True,
-                        nodes_to_exclude=unquantizable_matmuls(source),
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
-    return target
+CLASSIFIERS_FLOAT = "int8 static QDQ (mobius quantize: cosine classifiers float)"
+ALL_STATIC = "int8 static QDQ, classifiers int8 too"
 
 
 def variants_folder(model_path: Path, cache: Path) -> Path:
-    """The cache folder of one source model's variants: keyed by its contents and this file."""
+    """The cache folder of one source model's variants: keyed by its contents and the quantizer code."""
     from perception_core.ablation.data import file_digest
 
-    folder = cache / f"{model_path.stem}_{code_hash(file_digest(model_path), ('bench/perf_int8.py',))}"
+    key = code_hash(file_digest(model_path), ("bench/perf_int8.py", "perception_core/runtime/quantize.py"))
+    folder = cache / f"{model_path.stem}_{key}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -122,30 +43,35 @@ def variants_folder(model_path: Path, cache: Path) -> Path:
 def dynamic_model(model_path: Path, cache: Path) -> Path:
     """The int8 dynamic variant of `model_path` (also timed beside the float model by perf_latency)."""
     folder = variants_folder(model_path, cache)
-    return quantize_dynamic_model(preprocessed(model_path, folder)[0], folder / DYNAMIC_FILE)
+    return quantize.quantize_dynamic_model(quantize.prepare(model_path, folder)[0], folder / DYNAMIC_FILE)
 
 
 def quantized_models(model_path: Path, cache: Path, calibration_frames: list[np.ndarray]) -> dict:
-    """{'float32': path, 'int8 dynamic': path, 'int8 static QDQ': path} plus 'preprocessed' (bool)."""
+    """{variant name: path} for float32 and the int8 variants, plus 'preprocessed' (bool)."""
     from perception_core import assets
     from perception_core.runtime.prompts import encode_prompts
     from perf_common import model_pruning
 
     folder = variants_folder(model_path, cache)
-    source, ok = preprocessed(model_path, folder)
+    source, ok = quantize.prepare(model_path, folder)
     calibrated = f"{len(calibration_frames)}frames"
     session = onnx_session(model_path, 1)
     inputs = session.get_inputs()
     _, text = encode_prompts(list(assets.DEFAULT_PROMPTS))
+    classifiers = quantize.float_nodes(model_path, source).classifiers
 
-    def reader() -> FrameCalibrationReader:
-        return FrameCalibrationReader(calibration_frames, inputs[0].shape[2], text, inputs[4].shape[2],
-                                      model_pruning(assets.PRESET, inputs[6].shape[0]))
+    def feeds() -> quantize.CalibrationFeeds:
+        return quantize.CalibrationFeeds(calibration_frames, inputs[0].shape[2], text, inputs[4].shape[2],
+                                         model_pruning(assets.PRESET, inputs[6].shape[0]))
     print("[bench] int8: quantizing (dynamic, static QDQ with calibration) ...", flush=True)
-    return {"float32": model_path, "int8 dynamic": quantize_dynamic_model(source, folder / DYNAMIC_FILE),
-            "int8 static QDQ": quantize_static_model(source, folder / f"static_qdq_{calibrated}.onnx", reader()),
-            "int8 static QDQ, Conv only": quantize_static_model(source, folder / f"static_qdq_conv_{calibrated}.onnx",
-                                                                reader(), ("Conv",)),
+    return {"float32": model_path,
+            "int8 dynamic": quantize.quantize_dynamic_model(source, folder / DYNAMIC_FILE),
+            CLASSIFIERS_FLOAT: quantize.quantize_static_model(
+                source, folder / f"static_qdq_cls_float_{calibrated}.onnx", feeds(), keep_float=classifiers),
+            ALL_STATIC: quantize.quantize_static_model(
+                source, folder / f"static_qdq_{calibrated}.onnx", feeds()),
+            "int8 static QDQ, Conv only": quantize.quantize_static_model(
+                source, folder / f"static_qdq_conv_{calibrated}.onnx", feeds(), ("Conv",)),
             "preprocessed": ok}
 
 
@@ -229,4 +155,11 @@ def render(data: dict, settings: Settings, load) -> str:
                   + (f"Pays (>= 5% faster, mask AP within 0.5 points): {', '.join(paying)}." if paying else
                      "No variant is both >= 5% faster and within 0.5 mask AP points of float32: int8 does not pay "
                      "for this model on this CPU with onnxruntime."), ""]
+    ours, everything = data["accuracy"].get(CLASSIFIERS_FLOAT), data["accuracy"].get(ALL_STATIC)
+    if ours and everything:
+        lines += [f"The cosine classifiers decide static int8's AP: quantized too, mask AP "
+                  f"{100 * everything['mask_AP']:.2f}; kept float (`mobius quantize`), {100 * ours['mask_AP']:.2f} "
+                  f"(float32 {100 * base_ap['mask_AP']:.2f}). They scale a cosine in [-1, 1] by exp(s) into logits, so "
+                  f"int8 steps of the normalised embeddings become logit errors larger than the gaps between "
+                  f"queries. Whether int8 is faster depends on the board's int8 kernels: measure there.", ""]
     return "\n".join(lines)

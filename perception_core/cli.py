@@ -26,6 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("perception_core.infer", "segment and track a video, image folder or image; overlay + results json"),
     "prompts": ("perception_core.runtime.prompts_command",
                 "encode prompts into a file the runtime reads without a text model (torch-free boards)"),
+    "quantize": ("perception_core.runtime.quantize_command",
+                 "int8 version of an exported model (static with your calibration frames, or dynamic)"),
     "bench": ("perception_core.bench_command", "runtime latency per stage: onnxruntime vs torch, threads, kernel reuse"),
     "gst": ("perception_core.gst.command", "GStreamer pipeline: any source -> model -> overlay -> any sink"),
     "bag": ("perception_core.bag.command", "rosbag2 tools: record a sample clip, evaluate on a bag"),

@@ -14,13 +14,13 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import perf_efficiency  # noqa: E402
-import perf_int8  # noqa: E402
 import perf_profile  # noqa: E402
 import perf_pruning  # noqa: E402
 import perf_report  # noqa: E402
 import perf_scaling  # noqa: E402
 import perf_streams  # noqa: E402
 from perf_common import Section, Settings, onnx_session, time_interleaved  # noqa: E402
+from perception_core.runtime import quantize  # noqa: E402
 
 RUNS = 3
 
@@ -164,16 +164,16 @@ def test_time_interleaved_blocks_settle_then_time():
 def test_quantized_tiny_model_loads_and_keeps_output_shapes(tiny, tmp_path):
     import onnx
 
-    source, ok = perf_int8.preprocessed(tiny, tmp_path)
+    source, ok = quantize.prepare(tiny, tmp_path)
     assert ok and not onnx.load(str(source)).graph.value_info
-    dynamic = perf_int8.quantize_dynamic_model(source, tmp_path / "dynamic.onnx")
+    dynamic = quantize.quantize_dynamic_model(source, tmp_path / "dynamic.onnx")
     calibration = iter([{"x": np.random.default_rng(i).standard_normal((1, 2, 8, 8)).astype(np.float32)}
                         for i in range(4)])
 
     class Reader:
         def get_next(self):
             return next(calibration, None)
-    static = perf_int8.quantize_static_model(source, tmp_path / "static.onnx", Reader())
+    static = quantize.quantize_static_model(source, tmp_path / "static.onnx", Reader())
     reference = onnx_session(tiny, 1).run(None, feed())[0]
     for path, marker in ((dynamic, {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}),
                          (static, {"QuantizeLinear", "DequantizeLinear"})):
@@ -273,23 +273,6 @@ def test_ab_onnx_output_differences():
     assert diff["masks"] == 0.5
     assert diff["kept"] == "shape (4,) vs (5,)"
     assert diff["empty"] == 0.0
-
-
-def test_int8_static_skips_matmuls_without_per_channel_support(tmp_path):
-    """W @ X and rank-3 weights are found; an activation times a 2-D weight is not."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [1.0, 0.0, 0.0, 1.0])
-    per_head = helper.make_tensor("h", TensorProto.FLOAT, [3, 2, 2], [0.5] * 12)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["w", "x"], ["a"], name="weight_first"),
-         helper.make_node("MatMul", ["a", "w"], ["b"], name="weight_second"),
-         helper.make_node("MatMul", ["b", "h"], ["c"], name="per_head")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [3, 2, 2])], [weight, per_head])
-    onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
-    assert perf_int8.unquantizable_matmuls(tmp_path / "m.onnx") == ["weight_first", "per_head"]
 
 
 def test_node_section_reports_goals_from_the_summary():

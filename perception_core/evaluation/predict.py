@@ -120,7 +120,7 @@ class ModelRunner:
 
         engine = OnnxEngine(path, threads=threads)  # FileNotFoundError / ValueError with the fix
         calibration = engine.score_calibration if calibrated else None
-        thresholds, min_kept, max_tokens = _onnx_settings(engine, preset, prune)
+        thresholds, min_kept, max_tokens = onnx_run_settings(engine, preset, prune)
         hidden = engine.hidden_dim
 
         def decode(images: np.ndarray, text) -> dict[str, np.ndarray]:
@@ -140,7 +140,7 @@ def _check_size(size: int) -> None:
         raise ValueError(f"input size {size} must be a positive multiple of 32")
 
 
-def _onnx_settings(engine, preset: str, prune: bool) -> tuple[np.ndarray, np.ndarray, int]:
+def onnx_run_settings(engine, preset: str, prune: bool) -> tuple[np.ndarray, np.ndarray, int]:
     """(prune_thresholds (L,), prune_min_kept (), text max_tokens) for an ONNX graph."""
     from ..config import ConfigError, load_model_config
     from ..model.decoder import PruneSettings
