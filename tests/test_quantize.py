@@ -118,7 +118,9 @@ def test_dynamic_int8_needs_no_frames_and_runs(tmp_path):
     from perception_core.runtime.onnx_engine import OnnxEngine
 
     out = tmp_path / "dynamic.onnx"
+    out.write_bytes(b"an older file of that name")      # replaced, not kept
     assert main(["quantize", "--out", str(out), "--mode", "dynamic"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dynamic.onnx"]     # no work files left
     counts = quantize.quantized_op_counts(out)
     assert counts.get("DynamicQuantizeLinear", 0) + counts.get("DynamicQuantizeMatMul", 0) >= 1
     assert OnnxEngine(out, threads=1).score_calibration == OnnxEngine(assets.ONNX, threads=1).score_calibration

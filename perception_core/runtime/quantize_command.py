@@ -12,6 +12,7 @@ on the x86 CPU of docs/BENCHMARKS.md it is not; measure on yours (`mobius bench 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -96,10 +97,11 @@ def _run(args: argparse.Namespace) -> int:
     source, target = _check(args)
     frames = FrameSource(args.calibration) if args.mode == "static" else None   # a bad input fails first
     engine = OnnxEngine(source, threads=1)      # a graph the runtime cannot run is refused here
-    with tempfile.TemporaryDirectory(prefix="mobius_quantize_") as work:
+    with tempfile.TemporaryDirectory(prefix="mobius_quantize_", dir=target.parent) as work:
         prepared, ok = quantize.prepare(source, Path(work))
+        written = Path(work) / "int8.onnx"      # moved to --out once it loads: a failure leaves --out as it was
         if args.mode == "dynamic":
-            quantize.quantize_dynamic_model(prepared, target)
+            quantize.quantize_dynamic_model(prepared, written)
             kept = None
         else:
             kept = quantize.float_nodes(source, prepared)
@@ -110,8 +112,9 @@ def _run(args: argparse.Namespace) -> int:
                                               engine.hidden_dim, (thresholds, min_kept))
             print(f"[quantize] calibrating on {feeds.count} frame(s) of '{args.calibration}' with {len(prompts)} "
                   f"prompt(s) ...", flush=True)
-            quantize.quantize_static_model(prepared, target, feeds, keep_float=kept.names)
-    OnnxEngine(target, threads=1)               # the result must load where the float model did
+            quantize.quantize_static_model(prepared, written, feeds, keep_float=kept.names)
+        OnnxEngine(written, threads=1)          # the result must load where the float model did
+        os.replace(written, target)
     counts = quantize.quantized_op_counts(target)
     print(f"[quantize] {args.mode} int8 -> {target} ({target.stat().st_size / 1e6:.1f} MB; float "
           f"{source.stat().st_size / 1e6:.1f} MB); quantized nodes: "
