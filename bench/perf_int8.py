@@ -49,20 +49,17 @@ def dynamic_model(model_path: Path, cache: Path) -> Path:
 def quantized_models(model_path: Path, cache: Path, calibration_frames: list[np.ndarray]) -> dict:
     """{variant name: path} for float32 and the int8 variants, plus 'preprocessed' (bool)."""
     from perception_core import assets
-    from perception_core.runtime.prompts import encode_prompts
-    from perf_common import model_pruning
+    from perception_core.runtime.onnx_engine import OnnxEngine
 
     folder = variants_folder(model_path, cache)
     source, ok = quantize.prepare(model_path, folder)
     calibrated = f"{len(calibration_frames)}frames"
-    session = onnx_session(model_path, 1)
-    inputs = session.get_inputs()
-    _, text = encode_prompts(list(assets.DEFAULT_PROMPTS))
+    engine = OnnxEngine(model_path, threads=1)
     classifiers = quantize.float_nodes(model_path, source).classifiers
 
     def feeds() -> quantize.CalibrationFeeds:
-        return quantize.CalibrationFeeds(calibration_frames, inputs[0].shape[2], text, inputs[4].shape[2],
-                                         model_pruning(assets.PRESET, inputs[6].shape[0]))
+        return quantize.CalibrationFeeds.for_model(engine, calibration_frames, list(assets.DEFAULT_PROMPTS),
+                                                   assets.PRESET)
     print("[bench] int8: quantizing (dynamic, static QDQ with calibration) ...", flush=True)
     return {"float32": model_path,
             "int8 dynamic": quantize.quantize_dynamic_model(source, folder / DYNAMIC_FILE),

@@ -95,16 +95,12 @@ def test_the_score_calibration_travels_into_the_int8_file(static_int8):
 
 def test_int8_keeps_the_ap_that_quantizing_the_classifiers_too_loses(static_int8, calibration, split, tmp_path):
     from perception_core.infer import FrameSource
-    from perception_core.runtime.prompts import encode_prompts
-    from perception_core.runtime.quantize_command import sampled_frames
     from perception_core.runtime.onnx_engine import OnnxEngine
-    from perception_core.evaluation.predict import onnx_run_settings
+    from perception_core.runtime.quantize_command import sampled_frames
 
-    engine = OnnxEngine(assets.ONNX, threads=1)
-    thresholds, min_kept, tokens = onnx_run_settings(engine, assets.PRESET, True)
-    _, text = encode_prompts(list(assets.DEFAULT_PROMPTS), tokens)
-    feeds = quantize.CalibrationFeeds(sampled_frames(FrameSource(calibration), FRAMES), engine.size, text,
-                                      engine.hidden_dim, (thresholds, min_kept))
+    feeds = quantize.CalibrationFeeds.for_model(OnnxEngine(assets.ONNX, threads=1),
+                                                sampled_frames(FrameSource(calibration), FRAMES),
+                                                list(assets.DEFAULT_PROMPTS), assets.PRESET)
     prepared, _ = quantize.prepare(assets.ONNX, tmp_path)
     everything = quantize.quantize_static_model(prepared, tmp_path / "all.onnx", feeds)
 

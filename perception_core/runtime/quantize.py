@@ -52,6 +52,18 @@ class CalibrationFeeds:
         self.count = len(feeds)
         self._feeds = iter(feeds)
 
+    @classmethod
+    def for_model(cls, engine, frames: Iterable[np.ndarray], prompts: Sequence[str], preset: str = "mobius_nano",
+                  embeddings: str | Path | None = None) -> "CalibrationFeeds":
+        """Feeds for an OnnxEngine's graph as the runtime runs it: `preset`'s pruning and text length
+        (evaluation.predict.onnx_run_settings), `prompts` encoded (or read from `embeddings`)."""
+        from ..evaluation.predict import onnx_run_settings
+        from .prompts import encode_prompts
+
+        thresholds, min_kept, max_tokens = onnx_run_settings(engine, preset, True)
+        _, text = encode_prompts(prompts, max_tokens, embeddings)
+        return cls(frames, engine.size, text, engine.hidden_dim, (thresholds, min_kept))
+
     def get_next(self) -> dict | None:
         return next(self._feeds, None)
 
@@ -125,10 +137,6 @@ class FloatNodes:
     classifiers: tuple[str, ...]      # cosine classifiers, present in the prepared graph
     unsupported: tuple[str, ...]      # MatMuls per-channel QLinearMatMul cannot take
 
-    @property
-    def names(self) -> list[str]:
-        return sorted(set(self.classifiers) | set(self.unsupported))
-
 
 def float_nodes(exported: Path, prepared: Path) -> FloatNodes:
     """The nodes of `prepared` (from `prepare(exported)`) that static quantization keeps float.
@@ -182,6 +190,7 @@ def read_float_activations(path: Path, names: Sequence[str]) -> int:
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
     rewired = 0
+    names = set(names)
     for node in graph.node:
         if node.name not in names:
             continue

@@ -88,11 +88,9 @@ def sampled_frames(source, count: int) -> Iterator[np.ndarray]:
 
 def _run(args: argparse.Namespace) -> int:
     from .. import assets
-    from ..evaluation.predict import onnx_run_settings
     from ..infer import FrameSource, parse_prompts
     from . import quantize
     from .onnx_engine import OnnxEngine
-    from .prompts import encode_prompts
 
     source, target = _check(args)
     frames = FrameSource(args.calibration) if args.mode == "static" else None   # a bad input fails first
@@ -106,13 +104,11 @@ def _run(args: argparse.Namespace) -> int:
         else:
             kept = quantize.float_nodes(source, prepared)
             prompts = parse_prompts(args.prompts) if args.prompts else list(assets.DEFAULT_PROMPTS)
-            thresholds, min_kept, max_tokens = onnx_run_settings(engine, args.preset, True)
-            _, text = encode_prompts(prompts, max_tokens, args.prompt_embeddings)
-            feeds = quantize.CalibrationFeeds(sampled_frames(frames, args.frames), engine.size, text,
-                                              engine.hidden_dim, (thresholds, min_kept))
+            feeds = quantize.CalibrationFeeds.for_model(engine, sampled_frames(frames, args.frames), prompts,
+                                                        args.preset, args.prompt_embeddings)
             print(f"[quantize] calibrating on {feeds.count} frame(s) of '{args.calibration}' with {len(prompts)} "
                   f"prompt(s) ...", flush=True)
-            quantize.quantize_static_model(prepared, written, feeds, keep_float=kept.names)
+            quantize.quantize_static_model(prepared, written, feeds, keep_float=kept.classifiers)
         OnnxEngine(written, threads=1)          # the result must load where the float model did
         os.replace(written, target)
     counts = quantize.quantized_op_counts(target)
