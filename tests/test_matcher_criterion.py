@@ -94,6 +94,32 @@ def test_matcher_uses_mask_cost_when_boxes_and_classes_are_uninformative(two_ima
     assert as_dict(matcher(outputs, two_images)) == [{1: 0, 3: 1, 0: 2}, {2: 0}]
 
 
+def test_batched_matching_equals_matching_each_image_alone(monkeypatch):
+    """The batch's costs are built at once with padded targets; at the same sampled points, each
+    image's costs and assignment equal those of matching that image on its own (images with 0, 1
+    and 4 targets; random outputs, so every cost term matters)."""
+    generator = torch.Generator().manual_seed(3)
+    targets = [make_target([(0, 0, 16, 16), (16, 8, 32, 24), (4, 20, 12, 32), (8, 4, 28, 12)], [0, 2, 1, 2]),
+               empty_target(), make_target([(8, 8, 24, 28)], [1])]
+    outputs = {"pred_logits": torch.randn(3, 7, NUM_PROMPTS, generator=generator),
+               "pred_boxes": torch.rand(3, 7, 4, generator=generator) * 0.5 + 0.25,
+               "pred_masks": torch.randn(3, 7, MASK_SIZE, MASK_SIZE, generator=generator)}
+    points = torch.rand(1, 64, 2, generator=generator)
+    monkeypatch.setattr(torch, "rand", lambda batch, *shape, **kwargs: points.expand(batch, -1, -1).clone())
+    matcher = HungarianMatcher(num_points=64)
+    sizes = [len(target["labels"]) for target in targets]
+    batched = matcher._cost_matrices(outputs, targets, sizes)
+    together = matcher(outputs, targets)
+    for image, target in enumerate(targets):
+        one = {key: value[image : image + 1] for key, value in outputs.items()}
+        if sizes[image]:
+            alone = matcher._cost_matrices(one, [target], sizes[image : image + 1])[0]
+            torch.testing.assert_close(batched[image, :, : sizes[image]], alone)
+        query, target_index = matcher(one, [target])[0]
+        assert torch.equal(together[image][0], query) and torch.equal(together[image][1], target_index)
+    assert [len(query) for query, _ in together] == [4, 0, 1]
+
+
 def test_matcher_empty_targets_and_empty_predictions(two_images):
     outputs = perfect_outputs([two_images[0], empty_target()], num_queries=4, order=[[0, 1, 2], []])
     indices = HungarianMatcher(num_points=64)(outputs, [two_images[0], empty_target()])

@@ -8,11 +8,12 @@ For each image, a cost matrix (queries x targets) is built from
 and solved with scipy's ``linear_sum_assignment`` on the CPU.
 """
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from perception_core.model.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from perception_core.model.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from perception_core.training.point_sampling import point_sample
 
 
@@ -20,41 +21,45 @@ def focal_class_cost(logits: Tensor, labels: Tensor, alpha: float, gamma: float)
     """Deformable-DETR's classification cost.
 
     Args:
-        logits: (N, P) raw prompt logits of N queries.
-        labels: (M,) prompt index of each target, in [0, P).
+        logits: (N, P) raw prompt logits of N queries, or (B, N, P).
+        labels: (M,) prompt index of each target, in [0, P), or (B, M).
 
     Returns:
-        (N, M): focal loss of calling the query positive minus that of calling it negative.
+        (N, M) or (B, N, M): focal loss of calling the query positive minus that of calling it
+        negative.
     """
     probabilities = logits.sigmoid()
     negative_cost = (1 - alpha) * probabilities.pow(gamma) * -(1 - probabilities + 1e-8).log()
     positive_cost = alpha * (1 - probabilities).pow(gamma) * -(probabilities + 1e-8).log()
-    return positive_cost[:, labels] - negative_cost[:, labels]
+    difference = positive_cost - negative_cost
+    if labels.dim() == 1:
+        return difference[:, labels]
+    return torch.gather(difference, 2, labels[:, None, :].expand(-1, difference.shape[1], -1))
 
 
 def pairwise_sigmoid_ce_cost(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean binary cross-entropy of every (prediction, target) pair.
 
     Args:
-        logits: (N, K) mask logits at K points.
-        targets: (M, K) mask values in [0, 1] at the same points.
+        logits: (..., N, K) mask logits at K points.
+        targets: (..., M, K) mask values in [0, 1] at the same points.
 
     Returns:
-        (N, M) cost.
+        (..., N, M) cost.
     """
-    num_points = logits.shape[1]
+    num_points = logits.shape[-1]
     # BCE(x, t) = t * softplus(-x) + (1 - t) * softplus(x): both terms are matmuls over points
     positive = nn.functional.softplus(-logits)
     negative = nn.functional.softplus(logits)
-    cost = positive @ targets.T + negative @ (1 - targets).T
+    cost = positive @ targets.transpose(-1, -2) + negative @ (1 - targets).transpose(-1, -2)
     return cost / num_points
 
 
 def pairwise_dice_cost(logits: Tensor, targets: Tensor) -> Tensor:
-    """Dice loss of every (prediction, target) pair: (N, K), (M, K) -> (N, M)."""
+    """Dice loss of every (prediction, target) pair: (..., N, K), (..., M, K) -> (..., N, M)."""
     probabilities = logits.sigmoid()
-    numerator = 2 * probabilities @ targets.T
-    denominator = probabilities.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    numerator = 2 * probabilities @ targets.transpose(-1, -2)
+    denominator = probabilities.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
 
 
@@ -108,23 +113,31 @@ class HungarianMatcher(nn.Module):
         Returns:
             B pairs ``(query_indices, target_indices)`` of int64 CPU tensors of equal length
             min(N, n); empty when the image has no targets or no queries.
+
+        The costs of the whole batch are one (B, N, max n) tensor built by batched operations
+        (targets padded), copied to the CPU once: a per-image loop would launch its few hundred
+        small kernels, and wait for the device, once per image and prediction set.
         """
-        batch_size = outputs["pred_logits"].shape[0]
+        batch_size, num_queries = outputs["pred_logits"].shape[:2]
         if len(targets) != batch_size:
             raise ValueError(f"got {len(targets)} targets for a batch of {batch_size} images")
+        sizes = [int(target["labels"].numel()) for target in targets]
+        empty = torch.empty(0, dtype=torch.int64)
+        if num_queries == 0 or max(sizes, default=0) == 0:
+            return [(empty, empty.clone()) for _ in targets]
+        costs = self._cost_matrices(outputs, targets, sizes).cpu().numpy()
         indices = []
-        for image_index, target in enumerate(targets):
-            cost = self._cost_matrix(outputs, image_index, target)
-            if cost.numel() == 0:
-                empty = torch.empty(0, dtype=torch.int64)
+        for image_index, (cost, size) in enumerate(zip(costs, sizes)):
+            if size == 0:
                 indices.append((empty, empty.clone()))
                 continue
-            if not torch.isfinite(cost).all():
+            cost = cost[:, :size]
+            if not np.isfinite(cost).all():
                 raise ValueError(
                     f"matching cost of image {image_index} has nan/inf entries; check the model "
                     "outputs for non-finite values and the target boxes for degenerate sizes"
                 )
-            query_indices, target_indices = linear_sum_assignment(cost.cpu().numpy())
+            query_indices, target_indices = linear_sum_assignment(cost)
             indices.append(
                 (
                     torch.as_tensor(query_indices, dtype=torch.int64),
@@ -133,39 +146,41 @@ class HungarianMatcher(nn.Module):
             )
         return indices
 
-    def _cost_matrix(self, outputs: dict, image_index: int, target: dict) -> Tensor:
-        """(N, n) weighted matching cost of one image, computed in float32."""
-        logits = outputs["pred_logits"][image_index].float()
-        boxes = outputs["pred_boxes"][image_index].float()
-        target_labels = target["labels"]
-        target_boxes = target["boxes"].to(boxes)
-        if logits.shape[0] == 0 or target_labels.numel() == 0:
-            return logits.new_zeros((logits.shape[0], target_labels.numel()))
-
-        cost = self.cost_class * focal_class_cost(
-            logits, target_labels, self.focal_alpha, self.focal_gamma
-        )
+    def _cost_matrices(self, outputs: dict, targets: list[dict], sizes: list[int]) -> Tensor:
+        """(B, N, max n) weighted matching costs in float32; columns past an image's n are padding."""
+        logits = outputs["pred_logits"].float()
+        boxes = outputs["pred_boxes"].float()
+        device, width = logits.device, max(sizes)
+        # padding targets: label 0 and the whole image as box, finite costs that are sliced off
+        labels = torch.zeros(len(targets), width, dtype=torch.int64, device=device)
+        target_boxes = boxes.new_tensor([0.5, 0.5, 1.0, 1.0]).repeat(len(targets), width, 1)
+        for image_index, (target, size) in enumerate(zip(targets, sizes)):
+            if size:
+                labels[image_index, :size] = target["labels"].to(device)
+                target_boxes[image_index, :size] = target["boxes"].to(boxes)
+        cost = self.cost_class * focal_class_cost(logits, labels, self.focal_alpha, self.focal_gamma)
         cost = cost + self.cost_bbox * torch.cdist(boxes, target_boxes, p=1)
-        cost = cost - self.cost_giou * generalized_box_iou(
-            box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes)
+        cost = cost - self.cost_giou * elementwise_generalized_box_iou(
+            box_cxcywh_to_xyxy(boxes)[:, :, None], box_cxcywh_to_xyxy(target_boxes)[:, None]
         )
-        if "pred_masks" in outputs and "masks" in target:
-            cost = cost + self._mask_cost(outputs["pred_masks"][image_index], target["masks"])
+        if "pred_masks" in outputs and all("masks" in target for target in targets):
+            cost = cost + self._mask_costs(outputs["pred_masks"], targets, sizes)
         return cost
 
-    def _mask_cost(self, pred_masks: Tensor, target_masks: Tensor) -> Tensor:
-        """(N, Hm, Wm) logits and (n, H, W) masks -> (N, n) weighted mask cost.
+    def _mask_costs(self, pred_masks: Tensor, targets: list[dict], sizes: list[int]) -> Tensor:
+        """(B, N, Hm, Wm) logits and B (n, H, W) masks -> (B, N, max n) weighted mask costs.
 
-        Predictions and targets are sampled at the same normalised points, so their
-        resolutions may differ.
+        Predictions and targets are sampled at the same normalised points (one random set per
+        image, shared by its queries and targets), so their resolutions may differ.
         """
-        # One set of points per image, shared by all queries and targets: (1, K, 2)
-        point_coords = torch.rand(1, self.num_points, 2, device=pred_masks.device)
-        # (N, Hm, Wm) -> (1, N, Hm, Wm): sample all queries as channels of one map -> (N, K)
-        pred_points = point_sample(pred_masks[None].float(), point_coords)[0]
-        target_points = point_sample(
-            target_masks[None].to(device=pred_masks.device, dtype=torch.float32), point_coords
-        )[0]
+        batch_size = pred_masks.shape[0]
+        point_coords = torch.rand(batch_size, self.num_points, 2, device=pred_masks.device)
+        pred_points = point_sample(pred_masks.float(), point_coords)  # (B, N, K)
+        target_points = pred_points.new_zeros(batch_size, max(sizes), self.num_points)
+        for image_index, (target, size) in enumerate(zip(targets, sizes)):
+            if size:
+                masks = target["masks"][None].to(device=pred_masks.device, dtype=torch.float32)
+                target_points[image_index, :size] = point_sample(masks, point_coords[image_index : image_index + 1])[0]
         return self.cost_mask * pairwise_sigmoid_ce_cost(
             pred_points, target_points
         ) + self.cost_dice * pairwise_dice_cost(pred_points, target_points)
