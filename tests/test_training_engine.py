@@ -370,6 +370,45 @@ def test_resume_repeats_the_uninterrupted_run(tiny_data, tmp_path, prompt_embedd
     assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
 
 
+def test_prompt_file_trains_like_the_encoder_and_a_bad_file_stops_before_training(tiny_data, tmp_path,
+                                                                                   prompt_embeddings, single_thread,
+                                                                                   capsys):
+    """`mobius train --prompt-embeddings`: a 'mobius prompts' file (rows in another order, one extra
+    prompt) gives the run the encoder's inputs, so the losses match the run given MiniLM's embeddings;
+    a file that cannot be read is an invalid recipe (exit 2) before any checkpoint is written."""
+    from perception_core import cli
+    from perception_core.model.prompt_io import write_prompt_embeddings
+
+    names = CocoDataset(tiny_data / "instances.json", tiny_data).category_names
+    order = [*reversed(range(len(names)))]
+    width = prompt_embeddings.mask.shape[1]
+    extra = np.zeros((1, width), bool)
+    extra[0, :2] = True
+    file = tmp_path / "prompts.safetensors"
+    write_prompt_embeddings(file, [names[i] for i in order] + ["an extra prompt"], {
+        "tokens": np.concatenate([prompt_embeddings.tokens.numpy()[order], np.ones((1, width, 384), np.float32)]),
+        "mask": np.concatenate([prompt_embeddings.mask.numpy()[order], extra]),
+        "pooled": np.concatenate([prompt_embeddings.pooled.numpy()[order], np.eye(1, 384, dtype=np.float32)])})
+    read = engine.encode_prompts(names, 16, file)
+    for got, want in zip((read.tokens, read.mask, read.pooled),
+                         (prompt_embeddings.tokens, prompt_embeddings.mask, prompt_embeddings.pooled)):
+        assert torch.equal(got, want)
+    from_memory = engine.train(tiny_config(tiny_data, tmp_path / "memory", "optim.max_steps=2"), device="cpu",
+                               prompt_embeddings=prompt_embeddings, show_progress=False)
+    from_file = engine.train(tiny_config(tiny_data, tmp_path / "file", "optim.max_steps=2"), device="cpu",
+                             prompt_file=file, show_progress=False)
+    assert step_losses(from_file) == step_losses(from_memory)
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    code = cli.main(["train", "--config", str(TINY_RECIPE), "--prompt-embeddings", str(broken), "--no-progress",
+                     f"data.train_annotations={tiny_data / 'instances.json'}", f"data.train_images={tiny_data}",
+                     f"output_dir={tmp_path / 'refused'}"])
+    assert code == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+
+
 def test_ship_then_fine_tune_from_the_shipped_weights_and_ship_again(tiny_data, tmp_path, prompt_embeddings):
     """ship.py on a real 3-step run: model.json carries the run's metrics.csv summary (the card needs no
     run folder) and the files no score calibration. A run with model.init_weights = those weights starts

@@ -302,9 +302,22 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def encode_prompts(names: list[str], max_tokens: int) -> TextEmbeddings:
-    """Frozen MiniLM embeddings of the prompt list (computed once per run)."""
-    return MiniLMTextEncoder(max_tokens=max_tokens, cache_size=0).encode(names)
+def encode_prompts(names: list[str], max_tokens: int,
+                   embeddings_file: str | os.PathLike | None = None) -> TextEmbeddings:
+    """Frozen MiniLM embeddings of the prompt list (computed once per run). With `embeddings_file` (a
+    prompt embeddings file from 'mobius prompts') the names it holds are read from it, the same inputs
+    as encoding them, so a machine without the text encoder can train; ConfigError when the file cannot
+    be read, or when it lacks names and the encoder is not installed."""
+    if embeddings_file is None:
+        return MiniLMTextEncoder(max_tokens=max_tokens, cache_size=0).encode(names)
+    from ..runtime.prompts import encode_prompts as lookup
+
+    try:
+        _, text = lookup(names, max_tokens, embeddings=embeddings_file)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"prompt embeddings '{embeddings_file}': {error}") from None
+    return TextEmbeddings(torch.from_numpy(text["text_tokens"]), torch.from_numpy(text["text_mask"]),
+                          torch.from_numpy(text["text_pooled"]))
 
 
 def build_loaders(config: TrainConfig, info: DistInfo):
@@ -353,9 +366,11 @@ def _worker_init(worker_id: int) -> None:
 
 
 def train(config: TrainConfig, device: str | None = None, resume: str | os.PathLike | None = None,
-          prompt_embeddings: TextEmbeddings | None = None, show_progress: bool = True) -> TrainResult:
+          prompt_embeddings: TextEmbeddings | None = None, show_progress: bool = True,
+          prompt_file: str | os.PathLike | None = None) -> TrainResult:
     """Runs (or resumes) training up to config.optim.max_steps. Raises ConfigError for any problem
-    with the recipe or the data before the first step."""
+    with the recipe or the data before the first step. prompt_embeddings (in memory) or prompt_file
+    (a 'mobius prompts' file) replace encoding the category names with MiniLM."""
     model_config = validate(config)
     info = init_distributed(device)
     amp_dtype = resolve_amp(config.amp, info.device)
@@ -364,7 +379,7 @@ def train(config: TrainConfig, device: str | None = None, resume: str | os.PathL
     names = train_set.category_names
     prompts = prompt_embeddings
     if prompts is None:
-        prompts = encode_prompts(names, model_config.text.max_tokens)
+        prompts = encode_prompts(names, model_config.text.max_tokens, prompt_file)
     if len(prompts) != len(names):
         raise ConfigError(f"{len(prompts)} prompt embeddings for {len(names)} categories")
     torch.manual_seed(config.seed)

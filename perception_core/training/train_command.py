@@ -4,6 +4,7 @@ Examples:
     mobius train --config training/recipes/mobius_nano_synth.yaml
     mobius train --config training/recipes/mobius_nano_synth.yaml optim.lr=2e-4 batch_size=4
     mobius train --config training/recipes/mobius_nano_synth.yaml --resume auto
+    mobius train --config training/recipes/mobius_nano_synth.yaml --prompt-embeddings prompts.safetensors
     torchrun --nproc_per_node=2 -m perception_core.cli train --config training/recipes/mobius_nano_synth.yaml
 """
 from __future__ import annotations
@@ -24,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint to resume from; 'auto' = OUTPUT_DIR/checkpoints/last.pt if it exists")
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"),
                         help="training device (default: CUDA when available)")
+    parser.add_argument("--prompt-embeddings", default=None, metavar="FILE",
+                        help="read the category names' text embeddings from this file ('mobius prompts') "
+                             "instead of running MiniLM: train where the text encoder is not installed")
     parser.add_argument("--check", action="store_true",
                         help="validate the recipe and the data files, then exit without training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
@@ -52,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"recipe '{args.config}' and its data are valid")
             return 0
         resume = resolve_resume(args.resume, config.output_dir)
-        result = train(config, device=args.device, resume=resume, show_progress=not args.no_progress)
+        result = train(config, device=args.device, resume=resume, show_progress=not args.no_progress,
+                       prompt_file=args.prompt_embeddings)
     except ConfigError as error:
         print(f"mobius train: invalid recipe: {error}", file=sys.stderr)
         return 2
