@@ -9,8 +9,11 @@ FLOPs table) are then replayed at the mean kept count per layer and compared wit
   - a MaskDINO-style baseline at the SAME scale (mobius_nano with the maskdino pixel decoder and the
     multi-scale decoder, no pruning): the measured pair;
   - glee_maskdino_mini_m vs mobius_mini_m with the default model's kept FRACTIONS mapped onto its 9
-    layers by relative depth (clamped to its min_kept): a projection, since no trained mini_m exists;
-    at 384 px and, as in the paper's Tab. 10, at 800 px.
+    layers by relative depth (clamped to its min_kept): a projection, at 384 px and, as in the paper's
+    Tab. 10, at 800 px;
+  - when MOBIUS_MINI_M_WEIGHTS names a trained mobius_mini_m (training/recipes/mobius_mini_m_synth_gpu.yaml;
+    not shipped, 90 MB), glee_maskdino_mini_m vs that model's kept counts MEASURED on the same clip
+    (torch, its preset's pruning).
 The mean of the per-frame analytic decoder cost (runtime/decoder_cost.py, no query selection) is
 reported beside it as a check that rounding the mean kept count changes little.
 """
@@ -27,6 +30,7 @@ SIZE = 384
 LARGE = 800
 # decoder GFLOPs of MOBIUS / GLEE-MaskDINO in the paper: Tab. 12 (384 px short side), Tab. 10 (800x800)
 PAPER_RATIO = {SIZE: 4.9 / 9.9, LARGE: 10.0 / 20.1}
+MINI_WEIGHTS_ENV = "MOBIUS_MINI_M_WEIGHTS"
 NANO_MASKDINO = ["pixel_decoder.type=maskdino", "decoder.multi_scale=true", "pruning.enabled=false"]
 
 
@@ -51,6 +55,24 @@ def kept_on_clip(onnx_path, frames: list[np.ndarray], prompts: list[str], preset
     return np.asarray(rows, dtype=np.int64)
 
 
+def mini_kept_on_clip(frames: list[np.ndarray], prompts: list[str], threads: int) -> dict | None:
+    """{weights, kept (F, L)} of the trained mobius_mini_m that MOBIUS_MINI_M_WEIGHTS names, run on the
+    clip with its preset's pruning; None when the variable is unset."""
+    path = os.environ.get(MINI_WEIGHTS_ENV)
+    if not path:
+        return None
+    import torch
+
+    from perception_core.evaluation.predict import ModelRunner, encode_prompts, load_torch_model
+    from perception_core.runtime.preprocess import preprocess
+
+    torch.set_num_threads(threads)
+    runner = ModelRunner.from_torch(load_torch_model(path, "mobius_mini_m"), SIZE)
+    text = encode_prompts(prompts, runner.max_tokens)
+    kept = [runner.decode(preprocess(frame, SIZE)[0], text)["kept_per_layer"] for frame in frames]
+    return {"weights": os.path.basename(path), "kept": np.asarray(kept, dtype=np.int64).tolist()}
+
+
 def project_kept(mean_kept: np.ndarray, queries: int, layers: int, min_kept: int) -> tuple[int, ...]:
     """Kept fractions of one decoder mapped onto another of `layers` layers and `queries` queries by
     relative depth (linear interpolation), clamped to [min_kept, queries], non-increasing; layer 0
@@ -65,8 +87,10 @@ def project_kept(mean_kept: np.ndarray, queries: int, layers: int, min_kept: int
     return tuple(int(k) for k in np.minimum.accumulate(kept))
 
 
-def decoder_table(mean_kept: np.ndarray, prompts: int, tokens: int) -> list[dict]:
-    """Rows: name, kept per layer, decoder GFLOPs (count_flops), ratio to the row's baseline."""
+def decoder_table(mean_kept: np.ndarray, prompts: int, tokens: int, mini_mean_kept: np.ndarray | None = None
+                  ) -> list[dict]:
+    """Rows: name, kept per layer, decoder GFLOPs (count_flops), ratio to the row's baseline; a tenth
+    row replays a trained mobius_mini_m's measured mean kept counts when given."""
     from perception_core import assets
     from perception_core.model.flops import count_flops
 
@@ -96,6 +120,12 @@ def decoder_table(mean_kept: np.ndarray, prompts: int, tokens: int) -> list[dict
             ("mobius_mini_m, min_kept from layer 1 (the floor its config allows)", mini_floor, mini_base, mini_full),
             (f"glee_maskdino_mini_m at {LARGE}x{LARGE} (no pruning)", large_base, large_base, "-"),
             (f"mobius_mini_m at {LARGE}x{LARGE}, pruned, kept PROJECTED from the clip", large_pruned, large_base, "-")]
+    if mini_mean_kept is not None:
+        measured = np.minimum.accumulate(np.rint(mini_mean_kept)).astype(int)
+        measured[0] = mini.config.decoder.num_queries
+        rows.append(("mobius_mini_m TRAINED, pruned, kept measured on the clip",
+                     count_flops(mini, SIZE, prompts, tokens, kept=tuple(int(k) for k in measured)), mini_base,
+                     mini_full))
     return [{"name": name, "kept": list(report.kept_per_layer), "decoder": report.decoder_pruned,
              "vs_baseline": report.decoder_pruned / base.decoder,
              "vs_unpruned": None if unpruned == "-" else report.decoder_pruned / unpruned.decoder}
@@ -134,8 +164,11 @@ def run(settings: Settings) -> Section:
     per_frame = [decoder_gflops(shape, row, len(prompts)) for row in kept]
     mean_kept = kept.mean(axis=0)
     tokens = cfg.text.max_tokens
-    rows = decoder_table(mean_kept, len(prompts), tokens)
-    data = {"kept": kept.tolist(), "mean_kept": mean_kept.tolist(), "prompts": prompts, "rows": rows,
+    mini = mini_kept_on_clip(frames, prompts, settings.threads)
+    if mini is not None:
+        mini["mean_kept"] = np.mean(mini["kept"], axis=0).tolist()
+    rows = decoder_table(mean_kept, len(prompts), tokens, None if mini is None else np.asarray(mini["mean_kept"]))
+    data = {"mini_trained": mini, "kept": kept.tolist(), "mean_kept": mean_kept.tolist(), "prompts": prompts, "rows": rows,
             "same_form": same_form_check(rows[5]["kept"], len(prompts)),
             "analytic_mean": float(np.mean(per_frame)), "analytic_full": decoder_gflops(
                 shape, [cfg.decoder.num_queries] * cfg.decoder.num_layers, len(prompts)),
@@ -176,6 +209,18 @@ def render(data: dict, settings: Settings, frames: int, load) -> str:
               f"kept fractions by relative depth, clamped to mobius_mini_m's min_kept; with min_kept = "
               f"{floor['kept'][-1]} of {floor['kept'][0]} queries the lowest reachable is "
               f"{floor['vs_baseline']:.1%}){large_text}.", ""]
+    trained = data.get("mini_trained")
+    if trained and len(rows) > 9:
+        mini = rows[9]
+        last = [row[-1] for row in trained["kept"]]
+        lines += [f"Trained mobius_mini_m ({trained['weights']}, MOBIUS_MINI_M_WEIGHTS; docs/MODEL.md says how it "
+                  f"was trained and how good it is): queries entering each layer, mean over the clip: "
+                  f"{', '.join(f'{k:.1f}' for k in trained['mean_kept'])} (last layer min / max over frames: "
+                  f"{min(last)} / {max(last)}); its decoder with pruning is {mini['vs_baseline']:.1%} of "
+                  f"glee_maskdino_mini_m, {goal(mini['vs_baseline'] <= 0.25)} (measured).", ""]
+    else:
+        lines += [f"No trained mobius_mini_m was given ({MINI_WEIGHTS_ENV} unset): the mini_m figure above is the "
+                  f"projection only.", ""]
     lines += [f"Paper context: MOBIUS reports its decoder at {PAPER_RATIO[LARGE]:.1%} of GLEE-MaskDINO's at "
               f"{LARGE}x{LARGE} (Tab. 10: 10 vs 20.1 GFLOPs) and {PAPER_RATIO[SIZE]:.1%} at {SIZE} px short side "
               f"(Tab. 12: 4.9 vs 9.9); mobius_mini_m projected here: {projected['vs_baseline']:.1%} at {SIZE} px"

@@ -210,6 +210,22 @@ def test_pruning_render_judges_goals_and_sets_the_paper_ratio_beside_them():
     assert "mobius_mini_m projected here: 29.3% at 384 px, 17.6% at 800 px" in text
 
 
+def test_pruning_render_judges_a_trained_mini_m_by_its_measured_row_and_says_when_there_is_none():
+    def row(name, vs_baseline, kept=(300, 60)):
+        return {"name": name, "kept": list(kept), "decoder": 1.0, "vs_baseline": vs_baseline, "vs_unpruned": None}
+    rows = [row(f"row {i}", 1.0) for i in range(9)]
+    data = {"rows": rows, "kept": [[100, 20]], "mean_kept": [100.0, 20.0], "prompts": ["red ring"],
+            "analytic_mean": 1.0, "analytic_full": 2.0, "trained": True, "mini_trained": None}
+    text = perf_pruning.render(data, Settings(quick=True, threads=2), 4, (0.5, 0.5, 0.5))
+    assert "MOBIUS_MINI_M_WEIGHTS unset): the mini_m figure above is the projection only" in text
+    data["rows"] = rows + [row("trained", 0.262)]
+    data["mini_trained"] = {"weights": "mini.safetensors", "kept": [[300, 70, 60], [300, 90, 61]],
+                            "mean_kept": [300.0, 80.0, 60.5]}
+    text = perf_pruning.render(data, Settings(quick=True, threads=2), 4, (0.5, 0.5, 0.5))
+    assert "mean over the clip: 300.0, 80.0, 60.5 (last layer min / max over frames: 60 / 61)" in text
+    assert "its decoder with pruning is 26.2% of glee_maskdino_mini_m, **not met** (measured)" in text
+
+
 def test_growth_exponent_recovers_power_laws():
     sizes = [256, 384, 512, 800]
     assert perf_scaling.growth_exponent(sizes, [3.0 * s ** 2 for s in sizes]) == pytest.approx(2.0)
