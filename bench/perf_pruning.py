@@ -168,8 +168,8 @@ def run(settings: Settings) -> Section:
     if mini is not None:
         mini["mean_kept"] = np.mean(mini["kept"], axis=0).tolist()
     rows = decoder_table(mean_kept, len(prompts), tokens, None if mini is None else np.asarray(mini["mean_kept"]))
-    data = {"mini_trained": mini, "kept": kept.tolist(), "mean_kept": mean_kept.tolist(), "prompts": prompts, "rows": rows,
-            "same_form": same_form_check(rows[5]["kept"], len(prompts)),
+    data = {"kept": kept.tolist(), "mean_kept": mean_kept.tolist(), "prompts": prompts, "rows": rows,
+            "mini_trained": mini, "same_form": same_form_check(rows[5]["kept"], len(prompts)),
             "analytic_mean": float(np.mean(per_frame)), "analytic_full": decoder_gflops(
                 shape, [cfg.decoder.num_queries] * cfg.decoder.num_layers, len(prompts)),
             "trained": model.trained}
