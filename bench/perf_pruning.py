@@ -23,8 +23,7 @@ import os
 
 import numpy as np
 
-from perf_common import (Section, Settings, build_random, clip_frames, clip_prompts, goal, machine_line, model_pruning,
-                         onnx_session)
+from perf_common import Section, Settings, build_random, clip_frames, clip_prompts, goal, machine_line
 
 SIZE = 384
 LARGE = 800
@@ -34,25 +33,15 @@ MINI_WEIGHTS_ENV = "MOBIUS_MINI_M_WEIGHTS"
 NANO_MASKDINO = ["pixel_decoder.type=maskdino", "decoder.multi_scale=true", "pruning.enabled=false"]
 
 
-def kept_on_clip(onnx_path, frames: list[np.ndarray], prompts: list[str], preset: str, threads: int) -> np.ndarray:
-    """(F, L) queries entering each decoder layer on every frame."""
-    from perception_core.config import load_model_config
+def kept_on_clip(runner, frames: list[np.ndarray], prompts: list[str]) -> np.ndarray:
+    """(F, L) queries entering each decoder layer on every frame, for an evaluation ModelRunner (onnx or
+    torch, with its preset's pruning)."""
+    from perception_core.evaluation.predict import encode_prompts
     from perception_core.runtime.preprocess import preprocess
-    from perception_core.runtime.prompts import encode_prompts
 
-    session = onnx_session(onnx_path, threads)
-    layers, hidden = session.get_inputs()[6].shape[0], session.get_inputs()[4].shape[2]
-    thresholds, min_kept = model_pruning(preset, layers)
-    _, text = encode_prompts(prompts, load_model_config(preset).text.max_tokens)
-    rows = []
-    for frame in frames:
-        image, _ = preprocess(frame, session.get_inputs()[0].shape[2])
-        out = session.run(["kept_per_layer"], {"images": image, **text,
-                                               "track_queries": np.zeros((1, 0, hidden), np.float32),
-                                               "track_boxes": np.zeros((1, 0, 4), np.float32),
-                                               "prune_thresholds": thresholds, "prune_min_kept": min_kept})
-        rows.append(out[0])
-    return np.asarray(rows, dtype=np.int64)
+    text = encode_prompts(prompts, runner.max_tokens)
+    return np.asarray([runner.decode(preprocess(frame, runner.size)[0], text)["kept_per_layer"] for frame in frames],
+                      dtype=np.int64)
 
 
 def mini_kept_on_clip(frames: list[np.ndarray], prompts: list[str], threads: int) -> dict | None:
@@ -63,14 +52,11 @@ def mini_kept_on_clip(frames: list[np.ndarray], prompts: list[str], threads: int
         return None
     import torch
 
-    from perception_core.evaluation.predict import ModelRunner, encode_prompts, load_torch_model
-    from perception_core.runtime.preprocess import preprocess
+    from perception_core.evaluation.predict import ModelRunner, load_torch_model
 
     torch.set_num_threads(threads)
     runner = ModelRunner.from_torch(load_torch_model(path, "mobius_mini_m"), SIZE)
-    text = encode_prompts(prompts, runner.max_tokens)
-    kept = [runner.decode(preprocess(frame, SIZE)[0], text)["kept_per_layer"] for frame in frames]
-    return {"weights": os.path.basename(path), "kept": np.asarray(kept, dtype=np.int64).tolist()}
+    return {"weights": os.path.basename(path), "kept": kept_on_clip(runner, frames, prompts).tolist()}
 
 
 def project_kept(mean_kept: np.ndarray, queries: int, layers: int, min_kept: int) -> tuple[int, ...]:
@@ -151,6 +137,7 @@ def same_form_check(projected: list[int], prompts: int) -> dict:
 
 def run(settings: Settings) -> Section:
     from perception_core.config import load_model_config
+    from perception_core.evaluation.predict import ModelRunner
     from perception_core.runtime.decoder_cost import DecoderShape, decoder_gflops
     from perf_latency import default_model
 
@@ -158,7 +145,7 @@ def run(settings: Settings) -> Section:
     frames, tracks = clip_frames(8 if settings.quick else 32, seed=11)
     prompts = clip_prompts(tracks)
     model = default_model(settings, frames[0])
-    kept = kept_on_clip(model.onnx, frames, prompts, model.preset, settings.threads)
+    kept = kept_on_clip(ModelRunner.from_onnx(model.onnx, model.preset, settings.threads), frames, prompts)
     cfg = load_model_config(model.preset)
     shape = DecoderShape.from_config(cfg, SIZE)
     per_frame = [decoder_gflops(shape, row, len(prompts)) for row in kept]
