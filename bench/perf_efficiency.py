@@ -290,9 +290,10 @@ def paper_lines(paper: dict | None, threads: int, default_fraction: float) -> li
     """The paper-scale rows under the default model's verdict (absent in sections run before them)."""
     if not paper:
         return []
-    lines = ["", f"The same at paper scale: {PAPER_PRESET} with RANDOM weights, whose configured "
-                 f"pruning keeps min_kept, as the trained one does (not shipped; pruning section), {SIZE}x{SIZE}, {TOKENS}-token prompts, {threads} threads, exported as in "
-                 "the latency section. Its matmuls and convolutions are wider, so per-node costs weigh less:", "",
+    lines = ["", f"The same at paper scale: {PAPER_PRESET} with RANDOM weights, whose configured pruning keeps "
+                 "min_kept, as the trained one does (not shipped; pruning section), "
+                 f"{SIZE}x{SIZE}, {TOKENS}-token prompts, {threads} threads, exported as in the latency section. "
+                 "Its matmuls and convolutions are wider, so per-node costs weigh less:", "",
              "| model | prompts | kept per layer | GFLOPs (count_flops) | median ms | achieved GFLOP/s "
              "| fraction of peak | matmul/conv share of node time |", "|---|---|---|---|---|---|---|---|"]
     for prompts, row in paper.items():
