@@ -45,8 +45,8 @@ def kept_on_clip(runner, frames: list[np.ndarray], prompts: list[str]) -> np.nda
 
 
 def mini_kept_on_clip(frames: list[np.ndarray], prompts: list[str], threads: int) -> dict | None:
-    """{weights, kept (F, L)} of the trained mobius_mini_m that MOBIUS_MINI_M_WEIGHTS names, run on the
-    clip with its preset's pruning; None when the variable is unset."""
+    """{weights, kept (F, L), mean_kept (L,)} of the trained mobius_mini_m that MOBIUS_MINI_M_WEIGHTS names,
+    run on the clip with its preset's pruning; None when the variable is unset."""
     path = os.environ.get(MINI_WEIGHTS_ENV)
     if not path:
         return None
@@ -56,7 +56,8 @@ def mini_kept_on_clip(frames: list[np.ndarray], prompts: list[str], threads: int
 
     torch.set_num_threads(threads)
     runner = ModelRunner.from_torch(load_torch_model(path, "mobius_mini_m"), SIZE)
-    return {"weights": os.path.basename(path), "kept": kept_on_clip(runner, frames, prompts).tolist()}
+    kept = kept_on_clip(runner, frames, prompts)
+    return {"weights": os.path.basename(path), "kept": kept.tolist(), "mean_kept": kept.mean(axis=0).tolist()}
 
 
 def project_kept(mean_kept: np.ndarray, queries: int, layers: int, min_kept: int) -> tuple[int, ...]:
@@ -152,8 +153,6 @@ def run(settings: Settings) -> Section:
     mean_kept = kept.mean(axis=0)
     tokens = cfg.text.max_tokens
     mini = mini_kept_on_clip(frames, prompts, settings.threads)
-    if mini is not None:
-        mini["mean_kept"] = np.mean(mini["kept"], axis=0).tolist()
     rows = decoder_table(mean_kept, len(prompts), tokens, None if mini is None else np.asarray(mini["mean_kept"]))
     data = {"kept": kept.tolist(), "mean_kept": mean_kept.tolist(), "prompts": prompts, "rows": rows,
             "mini_trained": mini, "same_form": same_form_check(rows[5]["kept"], len(prompts)),
