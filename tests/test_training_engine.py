@@ -443,6 +443,14 @@ def test_ship_then_fine_tune_from_the_shipped_weights_and_ship_again(tiny_data, 
     again = ship(tmp_path / "fine_tune" / "checkpoints" / "last.pt", assets, size=128)
     assert (again["step"], again["init_step"], again["training"]["steps"]) == (4, 3, 4)
     assert again["training"]["first_loss"] == info["training"]["first_loss"]
+    # a run started from that run's checkpoint (not from shipped weights) still counts every earlier step
+    chained = tiny_config(tiny_data, tmp_path / "chained", "optim.max_steps=2",
+                          f"model.init_weights={tmp_path / 'fine_tune' / 'checkpoints' / 'last.pt'}")
+    engine.train(chained, device="cpu", prompt_embeddings=prompt_embeddings, show_progress=False)
+    third = ship(tmp_path / "chained" / "checkpoints" / "last.pt", tmp_path / "assets_chained", size=128)
+    assert (third["step"], third["init_step"], third["training"]["steps"]) == (6, 4, 6)
+    assert third["training"]["first_loss"] == info["training"]["first_loss"]
+    assert third["training"]["hours"] > again["training"]["hours"]
 
     with pytest.raises(ConfigError, match="model.init_weights: file .* not found"):   # refused when loaded
         tiny_config(tiny_data, tmp_path / "broken", f"model.init_weights={tmp_path / 'missing.safetensors'}")

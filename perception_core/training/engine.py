@@ -43,6 +43,7 @@ from .distributed import (DistInfo, SeededDistributedSampler, all_true, barrier,
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_contents, gather_rng_states,  # noqa: F401
                          load_checkpoint, restore_checkpoint, save_checkpoint, _publish)
 from .matcher import HungarianMatcher
+from .lineage import record_start
 from .metrics_log import MetricsLogger
 from .state import StepResult, TrainState
 from .recipe import OptimConfig, TrainConfig, to_plain_dict, validate
@@ -399,6 +400,8 @@ def train(config: TrainConfig, device: str | None = None, resume: str | os.PathL
     if info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(to_plain_dict(config), sort_keys=False))
+        if checkpoint is None:   # what the init weights stand on, read now: shipping rewrites model.json
+            record_start(to_plain_dict(config), output_dir)
     logger = MetricsLogger(output_dir, config, info.is_main, run.state.step)
     hooks = StepHooks(output_dir, val_loader, logger)
     return _run_epochs(run, loader, sampler, logger, hooks, show_progress and info.is_main)

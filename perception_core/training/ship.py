@@ -10,8 +10,9 @@ writes, next to each other:
     default_prompts.safetensors  MiniLM embeddings of assets.DEFAULT_PROMPTS
     model.json                   preset, size, training step, prompts trained on, recipe, the run's
                                  training summary (metrics.csv beside checkpoints/: steps, hours, loss);
-                                 for a run started from a shipped model (model.init_weights), its steps
-                                 and hours are added to the new model's (init_weights, init_step);
+                                 for a run started from a shipped model or another run's checkpoint
+                                 (model.init_weights), the steps and hours behind those weights are added
+                                 to the new model's (init_weights, init_step; training/lineage.py);
                                  metrics are added later by `mobius eval ... --record` (docs/MODEL_CARD.md)
 
 The files carry no score calibration: fit one for the new weights with `mobius calibrate --data
@@ -35,12 +36,14 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     from ..runtime.export import export_onnx
     from ..runtime.export_kernels import export_reuse_graphs
     from .engine import load_checkpoint
+    from .lineage import combined, run_start
     from .model_card import training_summary
     from .recipe import ModelSection
 
     contents = load_checkpoint(checkpoint)
     config = contents["config"]
-    before = _starting_point(config)      # read before `out` (perhaps the same folder) is rewritten
+    run_dir = Path(checkpoint).resolve().parents[1]
+    before = run_start(run_dir, config)   # recorded when the run started (training/lineage.py)
     model_config = ModelSection(config["model"]["preset"], config["model"].get("overrides") or {}).build_config()
     model = build_model(model_config)
     model.load_state_dict(contents["model"])
@@ -56,11 +59,11 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     encoder = MiniLMTextEncoder(max_tokens=model_config.text.max_tokens)
     save_prompt_embeddings(out / assets.PROMPT_EMBEDDINGS.name, prompts, encoder.encode(prompts))
     trained_on = _category_names(config["data"]["train_annotations"], config["data"].get("prompts"))
-    run = training_summary(Path(checkpoint).resolve().parents[1], int(contents["step"]))
+    run = training_summary(run_dir, int(contents["step"]))
     info = {"preset": model_config.name, "size": size, "step": before.get("step", 0) + int(contents["step"]),
             "skipped_steps": int(contents["skipped_steps"]), "default_prompts": prompts,
             "trained_prompts": trained_on, "recipe": config, **_lineage(before),
-            "training": _combined(before.get("training") or {}, run, before.get("step", 0)), "metrics": {}}
+            "training": combined(before.get("training") or {}, run, before.get("step", 0)), "metrics": {}}
     previous = out / assets.INFO.name
     if previous.is_file():  # keep metrics recorded for the same step
         old = json.loads(previous.read_text())
@@ -73,35 +76,8 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     return info
 
 
-def _starting_point(config: dict) -> dict:
-    """The model.json beside the run's model.init_weights (the shipped model it was fine-tuned from), or {}:
-    its steps and training time count towards the new model's."""
-    init = (config.get("model") or {}).get("init_weights")
-    if not init:
-        return {}
-    beside = Path(init).with_name(assets.INFO.name)
-    try:
-        prior = json.loads(beside.read_text())
-    except (OSError, ValueError):
-        return {"init_weights": init}
-    if prior.get("preset") != config["model"]["preset"]:
-        return {"init_weights": init}
-    return {"init_weights": init, "step": int(prior.get("step") or 0), "training": prior.get("training")}
-
-
 def _lineage(before: dict) -> dict:
     return {"init_weights": before["init_weights"], "init_step": before.get("step")} if before else {}
-
-
-def _combined(before: dict, run: dict, earlier_steps: int) -> dict:
-    """Training summary of the steps before (a fine-tuned model's start) and of this run; {} when a part
-    with steps is unknown (the card then says the summary is not available)."""
-    if not earlier_steps:
-        return run
-    if not (before and run):
-        return {}
-    return {"steps": before["steps"] + run["steps"], "hours": before["hours"] + run["hours"],
-            "first_loss": before["first_loss"], "last_loss": run["last_loss"]}
 
 
 def _category_names(annotation_file: str, policy: str | None) -> list[str]:

@@ -1,0 +1,83 @@
+"""Where a run's weights started: the steps and training time before it, so that a shipped model counts
+every step behind it (docs/MODEL_CARD.md), also after a chain of fine-tunes.
+
+`mobius train` with model.init_weights writes the starting point to `<output_dir>/start.json` when the run
+starts (the model.json beside shipped weights is rewritten by the next ship, so it is read then, not later);
+`training.ship` reads it back. Runs without that file (older ones) are resolved from their config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import assets
+
+START = "start.json"
+_MAX_CHAIN = 32   # runs started from runs' checkpoints; guards against a cycle of run folders
+
+
+def record_start(config: dict, output_dir: Path) -> dict:
+    """Resolves and writes the run's starting point (nothing without model.init_weights); returns it."""
+    start = starting_point(config)
+    path = Path(output_dir) / START
+    if start:
+        path.write_text(json.dumps(start, indent=1))
+    else:
+        path.unlink(missing_ok=True)
+    return start
+
+
+def run_start(run_dir: Path, config: dict, depth: int = 0) -> dict:
+    """The starting point recorded in `run_dir` at its start, else resolved from its config now."""
+    try:
+        return json.loads((Path(run_dir) / START).read_text())
+    except (OSError, ValueError):
+        return starting_point(config, depth)
+
+
+def starting_point(config: dict, depth: int = 0) -> dict:
+    """{init_weights, step, training} of the run's model.init_weights, or {} without one. For shipped
+    weights, the model.json beside them; for another run's training checkpoint, that run's own start plus
+    its steps up to the checkpoint. Only init_weights when the steps cannot be known."""
+    init = (config.get("model") or {}).get("init_weights")
+    if not init:
+        return {}
+    preset = config["model"]["preset"]
+    if Path(init).suffix == ".pt":
+        return _checkpoint_start(init, preset, depth)
+    try:
+        prior = json.loads(Path(init).with_name(assets.INFO.name).read_text())
+    except (OSError, ValueError):
+        return {"init_weights": init}
+    if prior.get("preset") != preset:
+        return {"init_weights": init}
+    return {"init_weights": init, "step": int(prior.get("step") or 0), "training": prior.get("training")}
+
+
+def _checkpoint_start(init: str, preset: str, depth: int) -> dict:
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .model_card import training_summary
+
+    try:
+        contents = load_checkpoint(init)
+    except CheckpointError:
+        return {"init_weights": init}
+    config = contents.get("config") if isinstance(contents.get("config"), dict) else {}
+    if (config.get("model") or {}).get("preset") != preset or depth >= _MAX_CHAIN:
+        return {"init_weights": init}
+    run_dir = Path(init).resolve().parents[1]
+    before = run_start(run_dir, config, depth + 1)
+    steps = int(contents["step"])
+    return {"init_weights": init, "step": before.get("step", 0) + steps,
+            "training": combined(before.get("training") or {}, training_summary(run_dir, steps),
+                                 before.get("step", 0))}
+
+
+def combined(before: dict, run: dict, earlier_steps: int) -> dict:
+    """Training summary of the steps before (a fine-tuned model's start) and of this run; {} when a part
+    with steps is unknown (the card then says the summary is not available)."""
+    if not earlier_steps:
+        return run
+    if not (before and run):
+        return {}
+    return {"steps": before["steps"] + run["steps"], "hours": before["hours"] + run["hours"],
+            "first_loss": before["first_loss"], "last_loss": run["last_loss"]}
