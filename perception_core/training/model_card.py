@@ -199,7 +199,8 @@ def render(info: dict, training: dict, latency: dict, flops: dict, calibration_p
         "photo backgrounds, occlusion, blur, JPEG artifacts. Held out of training (never shown, not even as "
         f"negatives): {', '.join(image.get('holdout_compositions', [])) or 'see the recipe'}.",
         f"Recipe: `training/recipes/mobius_nano_synth_cpu.yaml` (its phases are listed in its header; the "
-        f"last run: batch {recipe.get('batch_size')}, lr {recipe.get('optim', {}).get('lr')}, sizes {recipe.get('data', {}).get('train_sizes')}, "
+        f"last run: batch {recipe.get('batch_size')}, lr {recipe.get('optim', {}).get('lr')}, "
+        f"sizes {recipe.get('data', {}).get('train_sizes')}, "
         f"denoising groups {recipe.get('queries', {}).get('denoising_groups')}, "
         f"classification loss {recipe.get('loss', {}).get('classification')}).", "",
         "## Training time and hardware", "",
