@@ -98,25 +98,32 @@ def decoder_table(mean_kept: np.ndarray, prompts: int, tokens: int, mini_mean_ke
     # the paper's Tab. 10 is at 800 px, where the pixel decoder's tokens (query selection) weigh more
     large_pruned = count_flops(mini, LARGE, prompts, tokens, kept=projected)
     large_base = count_flops(build_random("glee_maskdino_mini_m"), LARGE, prompts, tokens, prune=False)
-    rows = [("mobius_nano-scale MaskDINO-style baseline (no pruning)", nano_base, nano_base, "-"),
-            (f"{assets.PRESET} without pruning", nano_full, nano_base, "-"),
-            (f"{assets.PRESET}, pruned, kept measured on the clip", nano_pruned, nano_base, nano_full),
-            ("glee_maskdino_mini_m (no pruning)", mini_base, mini_base, "-"),
-            ("mobius_mini_m without pruning", mini_full, mini_base, "-"),
-            ("mobius_mini_m, pruned, kept PROJECTED from the clip", mini_pruned, mini_base, mini_full),
-            ("mobius_mini_m, min_kept from layer 1 (the floor its config allows)", mini_floor, mini_base, mini_full),
-            (f"glee_maskdino_mini_m at {LARGE}x{LARGE} (no pruning)", large_base, large_base, "-"),
-            (f"mobius_mini_m at {LARGE}x{LARGE}, pruned, kept PROJECTED from the clip", large_pruned, large_base, "-")]
+    rows = [("baseline", "mobius_nano-scale MaskDINO-style baseline (no pruning)", nano_base, nano_base, "-"),
+            ("full", f"{assets.PRESET} without pruning", nano_full, nano_base, "-"),
+            ("measured", f"{assets.PRESET}, pruned, kept measured on the clip", nano_pruned, nano_base, nano_full),
+            ("mini_base", "glee_maskdino_mini_m (no pruning)", mini_base, mini_base, "-"),
+            ("mini_full", "mobius_mini_m without pruning", mini_full, mini_base, "-"),
+            ("projected", "mobius_mini_m, pruned, kept PROJECTED from the clip", mini_pruned, mini_base, mini_full),
+            ("floor", "mobius_mini_m, min_kept from layer 1 (the floor its config allows)", mini_floor, mini_base,
+             mini_full),
+            ("large_base", f"glee_maskdino_mini_m at {LARGE}x{LARGE} (no pruning)", large_base, large_base, "-"),
+            ("large", f"mobius_mini_m at {LARGE}x{LARGE}, pruned, kept PROJECTED from the clip", large_pruned,
+             large_base, "-")]
     if mini_mean_kept is not None:
         measured = np.minimum.accumulate(np.rint(mini_mean_kept)).astype(int)
         measured[0] = mini.config.decoder.num_queries
-        rows.append(("mobius_mini_m TRAINED, pruned, kept measured on the clip",
+        rows.append(("mini_trained", "mobius_mini_m TRAINED, pruned, kept measured on the clip",
                      count_flops(mini, SIZE, prompts, tokens, kept=tuple(int(k) for k in measured)), mini_base,
                      mini_full))
-    return [{"name": name, "kept": list(report.kept_per_layer), "decoder": report.decoder_pruned,
+    return [{"key": key, "name": name, "kept": list(report.kept_per_layer), "decoder": report.decoder_pruned,
              "vs_baseline": report.decoder_pruned / base.decoder,
              "vs_unpruned": None if unpruned == "-" else report.decoder_pruned / unpruned.decoder}
-            for name, report, base, unpruned in rows]
+            for key, name, report, base, unpruned in rows]
+
+
+def by_key(rows: list[dict]) -> dict[str, dict]:
+    """decoder_table's rows by their key ('measured', 'projected', 'floor', 'large', 'mini_trained', ...)."""
+    return {row["key"]: row for row in rows}
 
 
 def same_form_check(projected: list[int], prompts: int) -> dict:
@@ -155,7 +162,7 @@ def run(settings: Settings) -> Section:
     mini = mini_kept_on_clip(frames, prompts, settings.threads)
     rows = decoder_table(mean_kept, len(prompts), tokens, None if mini is None else np.asarray(mini["mean_kept"]))
     data = {"kept": kept.tolist(), "mean_kept": mean_kept.tolist(), "prompts": prompts, "rows": rows,
-            "mini_trained": mini, "same_form": same_form_check(rows[5]["kept"], len(prompts)),
+            "mini_trained": mini, "same_form": same_form_check(by_key(rows)["projected"]["kept"], len(prompts)),
             "analytic_mean": float(np.mean(per_frame)), "analytic_full": decoder_gflops(
                 shape, [cfg.decoder.num_queries] * cfg.decoder.num_layers, len(prompts)),
             "trained": model.trained}
@@ -166,8 +173,8 @@ def run(settings: Settings) -> Section:
 def render(data: dict, settings: Settings, frames: int, load) -> str:
     rows = data["rows"]
     model = "the shipped mobius_nano" if data["trained"] else "mobius_nano with RANDOM weights (no shipped model)"
-    measured, projected, floor = rows[2], rows[5], rows[6]
-    large = rows[8] if len(rows) > 8 else None
+    keyed = by_key(rows)
+    measured, projected, floor, large = keyed["measured"], keyed["projected"], keyed["floor"], keyed.get("large")
     large_text = (f"; the same projection at {LARGE}x{LARGE}: {large['vs_baseline']:.1%}, "
                   f"{goal(large['vs_baseline'] <= 0.25)}" if large else "")
     lines = [f"Conditions: {model}, onnxruntime ({settings.threads} threads), {frames}-frame generated test clip "
@@ -196,8 +203,8 @@ def render(data: dict, settings: Settings, frames: int, load) -> str:
               f"{floor['kept'][-1]} of {floor['kept'][0]} queries the lowest reachable is "
               f"{floor['vs_baseline']:.1%}){large_text}.", ""]
     trained = data.get("mini_trained")
-    if trained and len(rows) > 9:
-        mini = rows[9]
+    mini = keyed.get("mini_trained")
+    if trained and mini is not None:
         last = [row[-1] for row in trained["kept"]]
         lines += [f"Trained mobius_mini_m ({trained['weights']}, MOBIUS_MINI_M_WEIGHTS; docs/MODEL.md says how it "
                   f"was trained and how good it is): queries entering each layer, mean over the clip: "

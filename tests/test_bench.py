@@ -197,10 +197,11 @@ def test_project_kept_maps_fractions_by_depth():
 
 
 def test_pruning_render_judges_goals_and_sets_the_paper_ratio_beside_them():
-    def row(name, vs_baseline, kept=(300, 100)):
-        return {"name": name, "kept": list(kept), "decoder": 1.0, "vs_baseline": vs_baseline, "vs_unpruned": None}
-    rows = [row(f"row {i}", 1.0) for i in range(9)]
-    rows[2], rows[5], rows[6], rows[8] = row("nano", 0.191), row("mini", 0.293), row("floor", 0.263), row("800", 0.176)
+    def row(key, vs_baseline, kept=(300, 100)):
+        return {"key": key, "name": key, "kept": list(kept), "decoder": 1.0, "vs_baseline": vs_baseline,
+                "vs_unpruned": None}
+    rows = [row(key, 1.0) for key in ("baseline", "full", "mini_base", "mini_full", "large_base")]
+    rows += [row("large", 0.176), row("floor", 0.263), row("projected", 0.293), row("measured", 0.191)]
     data = {"rows": rows, "kept": [[100, 20]], "mean_kept": [100.0, 20.0], "prompts": ["red ring"],
             "analytic_mean": 1.0, "analytic_full": 2.0, "trained": True}
     text = perf_pruning.render(data, Settings(quick=True, threads=2), 4, (0.5, 0.5, 0.5))
@@ -211,14 +212,16 @@ def test_pruning_render_judges_goals_and_sets_the_paper_ratio_beside_them():
 
 
 def test_pruning_render_judges_a_trained_mini_m_by_its_measured_row_and_says_when_there_is_none():
-    def row(name, vs_baseline, kept=(300, 60)):
-        return {"name": name, "kept": list(kept), "decoder": 1.0, "vs_baseline": vs_baseline, "vs_unpruned": None}
-    rows = [row(f"row {i}", 1.0) for i in range(9)]
+    def row(key, vs_baseline, kept=(300, 60)):
+        return {"key": key, "name": key, "kept": list(kept), "decoder": 1.0, "vs_baseline": vs_baseline,
+                "vs_unpruned": None}
+    rows = [row(key, 1.0) for key in ("baseline", "full", "measured", "mini_base", "mini_full", "projected", "floor",
+                                      "large_base", "large")]
     data = {"rows": rows, "kept": [[100, 20]], "mean_kept": [100.0, 20.0], "prompts": ["red ring"],
             "analytic_mean": 1.0, "analytic_full": 2.0, "trained": True, "mini_trained": None}
     text = perf_pruning.render(data, Settings(quick=True, threads=2), 4, (0.5, 0.5, 0.5))
     assert "MOBIUS_MINI_M_WEIGHTS unset): the mini_m figure above is the projection only" in text
-    data["rows"] = rows + [row("trained", 0.262)]
+    data["rows"] = [row("mini_trained", 0.262)] + rows
     data["mini_trained"] = {"weights": "mini.safetensors", "kept": [[300, 70, 60], [300, 90, 61]],
                             "mean_kept": [300.0, 80.0, 60.5]}
     text = perf_pruning.render(data, Settings(quick=True, threads=2), 4, (0.5, 0.5, 0.5))
