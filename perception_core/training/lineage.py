@@ -55,7 +55,6 @@ def starting_point(config: dict, depth: int = 0) -> dict:
 
 def _checkpoint_start(init: str, preset: str, depth: int) -> dict:
     from .checkpoint import CheckpointError, load_checkpoint
-    from .model_card import training_summary
 
     try:
         contents = load_checkpoint(init)
@@ -64,12 +63,19 @@ def _checkpoint_start(init: str, preset: str, depth: int) -> dict:
     config = contents.get("config") if isinstance(contents.get("config"), dict) else {}
     if (config.get("model") or {}).get("preset") != preset or depth >= _MAX_CHAIN:
         return {"init_weights": init}
-    run_dir = Path(init).resolve().parents[1]
-    before = run_start(run_dir, config, depth + 1)
-    steps = int(contents["step"])
-    return {"init_weights": init, "step": before.get("step", 0) + steps,
-            "training": combined(before.get("training") or {}, training_summary(run_dir, steps),
-                                 before.get("step", 0))}
+    _, steps, training = behind_checkpoint(init, config, int(contents["step"]), depth + 1)
+    return {"init_weights": init, "step": steps, "training": training}
+
+
+def behind_checkpoint(checkpoint: str | Path, config: dict, step: int, depth: int = 0) -> tuple[dict, int, dict]:
+    """(the start of the checkpoint's run, all steps behind the checkpoint, their training summary) of a
+    checkpoint at `step` of the run in `<run_dir>/checkpoints/` whose config is `config`."""
+    from .model_card import training_summary
+
+    run_dir = Path(checkpoint).resolve().parents[1]
+    before = run_start(run_dir, config, depth)
+    earlier = before.get("step", 0)
+    return before, earlier + step, combined(before.get("training") or {}, training_summary(run_dir, step), earlier)
 
 
 def combined(before: dict, run: dict, earlier_steps: int) -> dict:

@@ -36,14 +36,13 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     from ..runtime.export import export_onnx
     from ..runtime.export_kernels import export_reuse_graphs
     from .engine import load_checkpoint
-    from .lineage import combined, run_start
-    from .model_card import training_summary
+    from .lineage import behind_checkpoint
     from .recipe import ModelSection
 
     contents = load_checkpoint(checkpoint)
     config = contents["config"]
-    run_dir = Path(checkpoint).resolve().parents[1]
-    before = run_start(run_dir, config)   # recorded when the run started (training/lineage.py)
+    # the run's start was recorded when it started (training/lineage.py)
+    before, steps, training = behind_checkpoint(checkpoint, config, int(contents["step"]))
     model_config = ModelSection(config["model"]["preset"], config["model"].get("overrides") or {}).build_config()
     model = build_model(model_config)
     model.load_state_dict(contents["model"])
@@ -59,11 +58,10 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     encoder = MiniLMTextEncoder(max_tokens=model_config.text.max_tokens)
     save_prompt_embeddings(out / assets.PROMPT_EMBEDDINGS.name, prompts, encoder.encode(prompts))
     trained_on = _category_names(config["data"]["train_annotations"], config["data"].get("prompts"))
-    run = training_summary(run_dir, int(contents["step"]))
-    info = {"preset": model_config.name, "size": size, "step": before.get("step", 0) + int(contents["step"]),
+    info = {"preset": model_config.name, "size": size, "step": steps,
             "skipped_steps": int(contents["skipped_steps"]), "default_prompts": prompts,
             "trained_prompts": trained_on, "recipe": config, **_lineage(before),
-            "training": combined(before.get("training") or {}, run, before.get("step", 0)), "metrics": {}}
+            "training": training, "metrics": {}}
     previous = out / assets.INFO.name
     if previous.is_file():  # keep metrics recorded for the same step
         old = json.loads(previous.read_text())
