@@ -159,6 +159,7 @@ def kernel_reuse_sessions(onnx_path, feed: dict, settings: Settings) -> dict:
 def run(settings: Settings) -> Section:
     import perf_profile
     import perf_streams
+    import perf_width
     from perf_common import clip_frames
     from perf_latency import default_model
 
@@ -192,16 +193,21 @@ def run(settings: Settings) -> Section:
     sampler = perf_profile.sampler_ab(model, feed, settings.threads, settings.repeats, settings.warmup,
                                       settings.cache)
     paper = paper_scale(settings, peaks[settings.threads])
+    widths = perf_width.measure(settings, peaks[settings.threads])
+    settings.docs.mkdir(parents=True, exist_ok=True)
+    perf_width.plot(widths, settings.docs / "efficiency_width.png")
     data = {"peaks": peaks, "sgemm_rates": rates, "efficiency": efficiency, "stats": stats, "nodes": nodes,
             "sweep": sweep, "layout": layout, "sampler": sampler, "contention": contention, "alternation": alternating,
             "kept": kept, "n": n, "trained": model.trained, "paper": paper, "streams": streams,
-            "stream_frames": (stream_frames, stream_rounds), "stream_spread": spread}
-    return Section("efficiency", "Achieved FLOP/s, profile and fixes", render(data, settings, load), data=data)
+            "stream_frames": (stream_frames, stream_rounds), "stream_spread": spread, "widths": widths}
+    return Section("efficiency", "Achieved FLOP/s, profile and fixes", render(data, settings, load),
+                   ["efficiency_width.png"], data)
 
 
 def render(data: dict, settings: Settings, load) -> str:
     import perf_profile
     import perf_streams
+    import perf_width
 
     eff, peaks, stats = data["efficiency"], data["peaks"], data["stats"]
     gemm_ms = perf_profile.gemm_ms(stats)
@@ -231,6 +237,7 @@ def render(data: dict, settings: Settings, load) -> str:
               *perf_streams.lines(data.get("streams", []), e.gflops, peaks[max(peaks)],
                                   *data.get("stream_frames", (0, 0)), data.get("stream_spread")),
               *paper_lines(data.get("paper"), threads, judged),
+              *perf_width.lines(data.get("widths", []), threads),
               "", f"### onnxruntime profile by operator type ({threads} threads)", "",
               *perf_profile.op_table(stats), "",
               f"Node time in matmul/convolution ops: {gemm_ms:.1f} of {total_ms:.1f} ms ({gemm_ms / total_ms:.0%}); "

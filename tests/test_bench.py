@@ -19,6 +19,7 @@ import perf_pruning  # noqa: E402
 import perf_report  # noqa: E402
 import perf_scaling  # noqa: E402
 import perf_streams  # noqa: E402
+import perf_width  # noqa: E402
 from perf_common import Section, Settings, onnx_session, time_interleaved  # noqa: E402
 from perception_core.runtime import quantize  # noqa: E402
 
@@ -139,6 +140,44 @@ def test_paper_scale_rows_and_verdict():
     above = {4: {**below[4], "efficiency": perf_efficiency.flops_fraction(18.0, 100.0, 350.0)}}
     assert "reaches up to 51.4% (at or above 50%)" in "\n".join(perf_efficiency.paper_lines(above, 2, 0.3))
     assert perf_efficiency.paper_lines(None, 2, 0.3) == []
+
+
+def width_row(label, gflops, ms, peak=400.0):
+    return perf_width.WidthRow(label, gflops, ms, peak, (100, 20, 20, 20))
+
+
+def test_width_rows_judge_both_goals():
+    """60 FPS is 16.7 ms; 50% of a 400 GFLOP/s peak is 200 GFLOP/s."""
+    fast_sparse = width_row("a", 1.4, 10.0)          # 100 FPS, 35%
+    slow_dense = width_row("b", 5.2, 25.0)           # 40 FPS, 52%
+    both = width_row("c", 3.4, 16.0)                 # 62.5 FPS, 53.1%
+    assert fast_sparse.fps == pytest.approx(100.0) and fast_sparse.fraction == pytest.approx(0.35)
+    assert not fast_sparse.meets_both and not slow_dense.meets_both and both.meets_both
+    assert not width_row("edge", 3.4, 16.8).meets_both      # 50.6% of peak but 59.5 FPS
+
+
+def test_width_lines_name_the_trade_when_no_width_meets_both():
+    rows = [width_row("nano", 1.4, 10.0), width_row("x1.0", 2.2, 14.0), width_row("x1.0, 256-d", 5.2, 25.0)]
+    text = "\n".join(perf_width.lines(rows, 2))
+    assert "| nano | 100,20,20,20 | 1.40 | 10.0 | 100.0 | 35.0% | no |" in text
+    assert "No width meets both goals" in text
+    assert "the most efficient (x1.0) reaches 39.3% of peak" in text
+    assert "(x1.0, 256-d) runs at 40.0 FPS" in text and "trade the speed goal" in text
+    assert "![width](efficiency_width.png)" in text
+    none_dense = "\n".join(perf_width.lines(rows[:2], 2))
+    assert "No width reaches 50% of peak" in none_dense and "trade" not in none_dense
+    met = "\n".join(perf_width.lines(rows + [width_row("x0.75, 192-d", 3.4, 16.0)], 2))
+    assert "Widths that meet both goals: x0.75, 192-d." in met and "No width" not in met
+    assert perf_width.lines([], 2) == []
+
+
+def test_width_plot_is_a_png(tmp_path):
+    path = tmp_path / "width.png"
+    perf_width.plot([width_row("nano", 1.4, 10.0), width_row("wide", 5.2, 25.0)], path)
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    assert (width, height) == (770, 495)
 
 
 def test_time_interleaved_round_robin_order():
