@@ -24,8 +24,8 @@ TOKENS = 8
 # (label, config overrides of mobius_nano): backbone width first, then the transformer's width
 WIDTHS = (
     ("nano (backbone x0.5, 128-d)", ()),
-    ("backbone x0.75", ("backbone.width_multiplier=0.75",)),
-    ("backbone x1.0", ("backbone.width_multiplier=1.0",)),
+    ("backbone x0.75, 128-d", ("backbone.width_multiplier=0.75",)),
+    ("backbone x1.0, 128-d", ("backbone.width_multiplier=1.0",)),
     ("backbone x1.0, 192-d", ("backbone.width_multiplier=1.0", "hidden_dim=192", "pixel_decoder.ffn_dim=768",
                               "decoder.ffn_dim=768")),
     ("backbone x1.0, 256-d", ("backbone.width_multiplier=1.0", "hidden_dim=256", "pixel_decoder.ffn_dim=1024",
@@ -133,9 +133,9 @@ def plot(rows: Sequence[WidthRow], path) -> None:
     axis.axhline(100 * SHARE_GOAL, color="tab:red", linestyle="--", label=f"{SHARE_GOAL:.0%} of sgemm peak")
     xs, ys = [row.latency_ms for row in rows], [100 * row.fraction for row in rows]
     axis.plot(xs, ys, marker="o", color="tab:blue")
-    for row, x, y in zip(rows, xs, ys):
-        axis.annotate(f"{row.label}\n{row.gflops:.2f} GFLOPs", (x, y), textcoords="offset points", xytext=(6, -14),
-                      fontsize=7)
+    for i, (row, x, y) in enumerate(zip(rows, xs, ys)):    # labels alternate below and above the line
+        axis.annotate(f"{row.label}, {row.gflops:.2f} GFLOPs", (x, y), textcoords="offset points",
+                      xytext=(8, -12) if i % 2 == 0 else (-8, 8), ha="left" if i % 2 == 0 else "right", fontsize=7)
     axis.fill_between([0, goal_ms], 100 * SHARE_GOAL, 100, color="tab:green", alpha=0.15,
                       label="both goals met")
     axis.set_xlim(0, max(xs + [goal_ms]) * 1.25)
