@@ -462,6 +462,60 @@ def test_ship_then_fine_tune_from_the_shipped_weights_and_ship_again(tiny_data, 
     assert not (tmp_path / "broken" / "checkpoints").exists()
 
 
+def test_ship_a_soup_of_fine_tunes_averages_their_weights_and_counts_shared_steps_once(tiny_data, tmp_path,
+                                                                                      prompt_embeddings):
+    """Two fine-tunes (2 and 1 steps) of one 3-step run's checkpoint, shipped with that checkpoint as a
+    uniform soup: the weights are the element-wise mean, the 3 shared steps count once (3 + 2 + 1 = 6,
+    not 3 + 5 + 4), and each ingredient is listed with the steps behind it. Checkpoints of another
+    architecture or with other weights are refused before anything is written."""
+    from safetensors.torch import load_file
+
+    from perception_core.training.lineage import behind_checkpoint
+    from perception_core.training.model_card import _lineage
+    from perception_core.training.ship import main as ship_main
+    from perception_core.training.ship import ship
+    from perception_core.training.soup import load_ingredients
+
+    engine.train(tiny_config(tiny_data, tmp_path / "base", "optim.max_steps=3"), device="cpu",
+                 prompt_embeddings=prompt_embeddings, show_progress=False)
+    base = tmp_path / "base" / "checkpoints" / "last.pt"
+    for name, steps, seed in (("a", 2, 1), ("b", 1, 2)):
+        engine.train(tiny_config(tiny_data, tmp_path / name, f"optim.max_steps={steps}", f"seed={seed}",
+                                 f"model.init_weights={base}"), device="cpu", prompt_embeddings=prompt_embeddings,
+                     show_progress=False)
+    paths = [base, tmp_path / "a" / "checkpoints" / "last.pt", tmp_path / "b" / "checkpoints" / "last.pt"]
+    info = ship(paths, tmp_path / "assets", size=128)
+    assert [part["step"] for part in info["soup"]] == [3, 5, 4] and info["step"] == 6
+    assert info["training"]["steps"] == 6 and "init_step" not in info
+    hours = []                   # each fine-tune alone: the base run's hours and its own
+    for path in paths[1:]:
+        contents = engine.load_checkpoint(path)
+        hours.append(behind_checkpoint(path, contents["config"], int(contents["step"]))[2]["hours"])
+    assert max(hours) < info["training"]["hours"] < sum(hours)       # the base run's hours counted once
+    shipped = load_file(str(tmp_path / "assets" / f"{info['preset']}.safetensors"))
+    states = [engine.load_checkpoint(p)["model"] for p in paths]
+    name = next(n for n, t in shipped.items() if t.is_floating_point() and not torch.equal(states[1][n], states[2][n]))
+    torch.testing.assert_close(shipped[name], (states[0][name] + states[1][name] + states[2][name]) / 3)
+    card = _lineage(info)
+    assert "uniform average of the weights of 3 checkpoints" in card and "(5 steps behind it)" in card
+
+    other = engine.load_checkpoint(paths[1])
+    model_section = {**other["config"]["model"], "preset": "mobius_mini_m"}
+    torch.save({**other, "config": {**other["config"], "model": model_section}}, tmp_path / "other_model.pt")
+    with pytest.raises(ValueError, match="only checkpoints of one architecture"):
+        load_ingredients([paths[0], tmp_path / "other_model.pt"])
+    weights = dict(other["model"])
+    weights.pop(name)
+    torch.save({**other, "model": weights}, tmp_path / "other_weights.pt")
+    with pytest.raises(ValueError, match="other weights than the first"):
+        load_ingredients([paths[0], tmp_path / "other_weights.pt"])
+    with pytest.raises(ValueError, match="at least 2 checkpoints"):
+        load_ingredients([paths[0]])
+    with pytest.raises(SystemExit) as refused:
+        ship_main(["--checkpoint", str(paths[0]), str(tmp_path / "missing.pt"), "--out", str(tmp_path / "refused")])
+    assert refused.value.code == 2 and not (tmp_path / "refused").exists()
+
+
 # ----------------------------------------------------------------------------- DDP
 
 def free_port() -> int:

@@ -87,3 +87,56 @@ def combined(before: dict, run: dict, earlier_steps: int) -> dict:
         return {}
     return {"steps": before["steps"] + run["steps"], "hours": before["hours"] + run["hours"],
             "first_loss": before["first_loss"], "last_loss": run["last_loss"]}
+
+
+def runs_behind(checkpoint: str | Path, config: dict, step: int) -> tuple[dict[Path, int], dict]:
+    """The run folders behind a checkpoint, newest first, each with the step it was used to, followed
+    through the runs' recorded starts while those are loadable run checkpoints; and the start of the
+    oldest one (the steps and training recorded before it, as `run_start` gives them)."""
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    used: dict[Path, int] = {}
+    for _ in range(_MAX_CHAIN):
+        run_dir = Path(checkpoint).resolve().parents[1]
+        if run_dir in used:
+            break
+        used[run_dir] = step
+        start = run_start(run_dir, config)
+        init = start.get("init_weights")
+        if not init or Path(init).suffix != ".pt":
+            return used, start
+        try:
+            contents = load_checkpoint(init)
+        except CheckpointError:
+            return used, start
+        checkpoint, config, step = init, contents.get("config") or {}, int(contents["step"])
+    raise ValueError(f"the runs behind '{checkpoint}' form a cycle or a chain of more than {_MAX_CHAIN}")
+
+
+def union_behind(ingredients: list[tuple[str | Path, dict, int]]) -> tuple[list[int], int, dict]:
+    """For several (checkpoint, config, step): the steps behind each, and the steps and training summary
+    behind all of them together, each run counted once up to the furthest step any of them used (two
+    fine-tunes of one checkpoint share everything before it). The summary is {} when a part is unknown."""
+    from .model_card import training_summary
+
+    used: dict[Path, int] = {}
+    roots: dict[Path, dict] = {}
+    totals, newest = [], []
+    for checkpoint, config, step in ingredients:
+        runs, start = runs_behind(checkpoint, config, step)
+        for run_dir, run_step in runs.items():
+            used[run_dir] = max(used.get(run_dir, 0), run_step)
+        roots[list(runs)[-1]] = start
+        totals.append(sum(runs.values()) + int(start.get("step") or 0))
+        newest.append(next(iter(runs)))
+    steps = sum(used.values()) + sum(int(start.get("step") or 0) for start in roots.values())
+    parts = [training_summary(run_dir, run_step) for run_dir, run_step in used.items()]
+    before = [start.get("training") or {} for start in roots.values() if start.get("step")]
+    if not all(parts) or not all(before):
+        return totals, steps, {}
+    oldest = before[0] if before else training_summary(list(roots)[0], used[list(roots)[0]])
+    deepest = newest[max(range(len(totals)), key=totals.__getitem__)]
+    training = {"steps": sum(p["steps"] for p in parts + before), "hours": sum(p["hours"] for p in parts + before),
+                "first_loss": oldest["first_loss"],
+                "last_loss": training_summary(deepest, used[deepest])["last_loss"]}
+    return totals, steps, training

@@ -102,7 +102,13 @@ def flops_rows(size: int, prompts: int) -> dict:
 
 
 def _lineage(info: dict) -> str:
-    """How a fine-tuned model's steps split: those of the model it started from, then its own run."""
+    """How a fine-tuned model's steps split: those of the model it started from, then its own run; for a
+    soup, its checkpoints (training/soup.py)."""
+    soup = info.get("soup")
+    if soup:
+        parts = ", ".join(f"`{part['checkpoint']}` ({part['step']} steps behind it)" for part in soup)
+        return (f", all runs counted once: the uniform average of the weights of {len(soup)} checkpoints "
+                f"(a model soup, `training/soup.py`): {parts}")
     before = info.get("init_step")
     if not before:
         return ""

@@ -2,6 +2,8 @@
 
     python -m perception_core.training.ship --checkpoint runs/mobius_nano_synth_cpu/checkpoints/last.pt
 
+Several --checkpoint files of one model ship their uniform average instead (training/soup.py).
+
 writes, next to each other:
     mobius_nano.safetensors      the weights (no pickle)
     mobius_nano.onnx             the deployment graph at assets.SIZE px (dynamo, opset 19)
@@ -12,7 +14,9 @@ writes, next to each other:
                                  training summary (metrics.csv beside checkpoints/: steps, hours, loss);
                                  for a run started from a shipped model or another run's checkpoint
                                  (model.init_weights), the steps and hours behind those weights are added
-                                 to the new model's (init_weights, init_step; training/lineage.py);
+                                 to the new model's (init_weights, init_step; training/lineage.py); a
+                                 soup lists its checkpoints and the steps behind each (soup) and counts
+                                 the steps behind all of them once;
                                  metrics are added later by `mobius eval ... --record` (docs/MODEL_CARD.md)
 
 The files carry no score calibration: fit one for the new weights with `mobius calibrate --data
@@ -27,22 +31,19 @@ from pathlib import Path
 from .. import assets
 
 
-def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = assets.SIZE) -> dict:
-    """Writes the asset files from a training checkpoint; returns the model.json contents."""
+def ship(checkpoint: str | Path | list, out: str | Path = assets.ASSETS, size: int = assets.SIZE) -> dict:
+    """Writes the asset files from a training checkpoint, or from the average of a list of them (a soup);
+    returns the model.json contents."""
     import torch
 
     from ..model.build import build_model, save_weights
     from ..model.text_encoder import MiniLMTextEncoder, save_prompt_embeddings
     from ..runtime.export import export_onnx
     from ..runtime.export_kernels import export_reuse_graphs
-    from .engine import load_checkpoint
-    from .lineage import behind_checkpoint
     from .recipe import ModelSection
 
-    contents = load_checkpoint(checkpoint)
+    contents, steps, training, lineage = _weights_and_lineage(checkpoint)
     config = contents["config"]
-    # the run's start was recorded when it started (training/lineage.py)
-    before, steps, training = behind_checkpoint(checkpoint, config, int(contents["step"]))
     model_config = ModelSection(config["model"]["preset"], config["model"].get("overrides") or {}).build_config()
     model = build_model(model_config)
     model.load_state_dict(contents["model"])
@@ -60,7 +61,7 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     trained_on = _category_names(config["data"]["train_annotations"], config["data"].get("prompts"))
     info = {"preset": model_config.name, "size": size, "step": steps,
             "skipped_steps": int(contents["skipped_steps"]), "default_prompts": prompts,
-            "trained_prompts": trained_on, "recipe": config, **_lineage(before),
+            "trained_prompts": trained_on, "recipe": config, **lineage,
             "training": training, "metrics": {}}
     previous = out / assets.INFO.name
     if previous.is_file():  # keep metrics recorded for the same step
@@ -74,8 +75,29 @@ def ship(checkpoint: str | Path, out: str | Path = assets.ASSETS, size: int = as
     return info
 
 
-def _lineage(before: dict) -> dict:
-    return {"init_weights": before["init_weights"], "init_step": before.get("step")} if before else {}
+def _weights_and_lineage(checkpoint: str | Path | list) -> tuple[dict, int, dict, dict]:
+    """(checkpoint contents, with a soup's averaged weights; the steps behind them; their training
+    summary; model.json's lineage fields). The runs' starts were recorded when they started
+    (training/lineage.py)."""
+    from .engine import load_checkpoint
+    from .lineage import behind_checkpoint, union_behind
+    from .soup import average_states, load_ingredients
+
+    paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    if len(paths) == 1:
+        contents = load_checkpoint(paths[0])
+        before, steps, training = behind_checkpoint(paths[0], contents["config"], int(contents["step"]))
+        lineage = {"init_weights": before["init_weights"], "init_step": before.get("step")} if before else {}
+        return contents, steps, training, lineage
+    ingredients = load_ingredients(paths)
+    totals, steps, training = union_behind([(p, c["config"], int(c["step"])) for p, c in zip(paths, ingredients)])
+    skipped = {}    # per run, the count at its furthest ingredient
+    for path, contents in zip(paths, ingredients):
+        run_dir = Path(path).resolve().parents[1]
+        skipped[run_dir] = max(skipped.get(run_dir, 0), int(contents["skipped_steps"]))
+    contents = {**ingredients[0], "model": average_states([c["model"] for c in ingredients]),
+                "skipped_steps": sum(skipped.values())}
+    return contents, steps, training, {"soup": [{"checkpoint": str(p), "step": t} for p, t in zip(paths, totals)]}
 
 
 def _category_names(annotation_file: str, policy: str | None) -> list[str]:
@@ -92,11 +114,15 @@ def _category_names(annotation_file: str, policy: str | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt, loaded weights-only)")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="training checkpoint (.pt, loaded weights-only); several: ship their average (a soup)")
     parser.add_argument("--out", default=str(assets.ASSETS), help="asset folder (default: the package's)")
     parser.add_argument("--size", type=int, default=assets.SIZE, help="ONNX input size")
     args = parser.parse_args(argv)
-    info = ship(args.checkpoint, args.out, args.size)
+    try:
+        info = ship(args.checkpoint[0] if len(args.checkpoint) == 1 else args.checkpoint, args.out, args.size)
+    except ValueError as error:     # a soup of checkpoints that cannot be averaged
+        parser.exit(2, f"ship: {error}\n")
     sizes = {p.name: p.stat().st_size / 1e6 for p in Path(args.out).iterdir() if p.suffix in (".onnx", ".safetensors")}
     print(f"shipped step {info['step']} to {args.out}: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items()))
     return 0
