@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=assets.SIZE, help="ONNX input size")
     args = parser.parse_args(argv)
     try:
-        info = ship(args.checkpoint[0] if len(args.checkpoint) == 1 else args.checkpoint, args.out, args.size)
+        info = ship(args.checkpoint, args.out, args.size)
     except ValueError as error:     # a soup of checkpoints that cannot be averaged
         parser.exit(2, f"ship: {error}\n")
     sizes = {p.name: p.stat().st_size / 1e6 for p in Path(args.out).iterdir() if p.suffix in (".onnx", ".safetensors")}
