@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from perf_common import BLOCK, Settings, cached_onnx, fmt_ms, onnx_session, random_feed, time_interleaved
+from perf_efficiency import Efficiency
 
 FPS_GOAL = 60.0
 SHARE_GOAL = 0.5
@@ -35,20 +36,15 @@ QUICK = (0, 4)    # indices of WIDTHS in quick mode
 
 
 @dataclass(frozen=True)
-class WidthRow:
-    label: str
-    gflops: float           # count_flops at the kept counts the graph returned
-    latency_ms: float       # median model-only latency
-    peak_gflops_s: float    # sgemm peak at the same thread count, timed in the same run
-    kept: tuple[int, ...]
+class WidthRow(Efficiency):
+    """One width: perf_efficiency's Efficiency (count_flops at the kept counts the graph returned, its
+    median model-only latency, the sgemm peak timed in the same run) with its label and kept counts."""
+    label: str = ""
+    kept: tuple[int, ...] = ()
 
     @property
     def fps(self) -> float:
         return 1000.0 / self.latency_ms
-
-    @property
-    def fraction(self) -> float:
-        return self.gflops / (self.latency_ms / 1000.0) / self.peak_gflops_s
 
     @property
     def meets_both(self) -> bool:
@@ -74,7 +70,8 @@ def measure(settings: Settings, peak_gflops_s: float, widths: Sequence[tuple[str
                                     kept=list(kept[label])).total
         runs[label] = lambda s=session, f=feed: s.run(None, f)
     latency = time_interleaved(runs, max(3, settings.repeats // 2), settings.warmup, BLOCK)
-    return [WidthRow(label, gflops[label], latency[label].median, peak_gflops_s, kept[label]) for label, _ in widths]
+    return [WidthRow(gflops[label], latency[label].median, peak_gflops_s, label=label, kept=kept[label])
+            for label, _ in widths]
 
 
 def lines(rows: Sequence[WidthRow], threads: int) -> list[str]:

@@ -143,7 +143,7 @@ def test_paper_scale_rows_and_verdict():
 
 
 def width_row(label, gflops, ms, peak=400.0):
-    return perf_width.WidthRow(label, gflops, ms, peak, (100, 20, 20, 20))
+    return perf_width.WidthRow(gflops, ms, peak, label=label, kept=(100, 20, 20, 20))
 
 
 def test_width_rows_judge_both_goals():
