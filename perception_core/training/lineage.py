@@ -130,13 +130,13 @@ def union_behind(ingredients: list[tuple[str | Path, dict, int]]) -> tuple[list[
         totals.append(sum(runs.values()) + int(start.get("step") or 0))
         newest.append(next(iter(runs)))
     steps = sum(used.values()) + sum(int(start.get("step") or 0) for start in roots.values())
-    parts = [training_summary(run_dir, run_step) for run_dir, run_step in used.items()]
+    parts = {run_dir: training_summary(run_dir, run_step) for run_dir, run_step in used.items()}
     before = [start.get("training") or {} for start in roots.values() if start.get("step")]
-    if not all(parts) or not all(before):
+    if not all(parts.values()) or not all(before):
         return totals, steps, {}
-    oldest = before[0] if before else training_summary(list(roots)[0], used[list(roots)[0]])
+    oldest = before[0] if before else parts[next(iter(roots))]
     deepest = newest[max(range(len(totals)), key=totals.__getitem__)]
-    training = {"steps": sum(p["steps"] for p in parts + before), "hours": sum(p["hours"] for p in parts + before),
-                "first_loss": oldest["first_loss"],
-                "last_loss": training_summary(deepest, used[deepest])["last_loss"]}
+    summed = list(parts.values()) + before
+    training = {"steps": sum(p["steps"] for p in summed), "hours": sum(p["hours"] for p in summed),
+                "first_loss": oldest["first_loss"], "last_loss": parts[deepest]["last_loss"]}
     return totals, steps, training
